@@ -1,0 +1,398 @@
+// Package identity is the agent's identity core: it holds the current policy
+// index, mints SVIDs through the CA on demand, caches them, rotates X.509-SVIDs
+// at a jittered point past half their lifetime, caches JWT-SVIDs per
+// (SPIFFE ID, audience set), and notifies watchers (open Workload API streams)
+// whenever anything they may have been sent changes.
+//
+// Security: the store never decides who a caller is; it is handed selectors
+// that the attestors produced and matches them against the policy. It never
+// logs key material or tokens.
+package identity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/nodeward/nodeward/agent/ca"
+	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/attestors/selector"
+)
+
+// ErrNoIdentity is returned when a caller's selectors match no entry.
+var ErrNoIdentity = errors.New("no registration entry matches the caller")
+
+// ErrNotEntitled is returned when a caller asks for a SPIFFE ID it is not entitled to.
+var ErrNotEntitled = errors.New("caller is not entitled to the requested SPIFFE ID")
+
+// Config configures a Store.
+type Config struct {
+	CA     *ca.CA
+	Index  *policy.Index // nil means deny-all
+	Logger *slog.Logger
+	// Clock returns the current time; nil means time.Now.
+	Clock func() time.Time
+	// JWTCacheSize bounds the JWT-SVID cache; default 10,000.
+	JWTCacheSize int
+}
+
+// X509SVID is a minted X.509-SVID held by the store, with the entry it was
+// minted for. Values are immutable; rotation replaces the pointer.
+type X509SVID struct {
+	Entry    *policy.Entry
+	SVID     *ca.X509SVID
+	ChainDER []byte // concatenated DER of the chain, leaf first
+	// RotateAt is the jittered moment after which the SVID is re-minted.
+	RotateAt time.Time
+}
+
+// JWTSVID is a JWT-SVID for one SPIFFE ID and audience set.
+type JWTSVID struct {
+	ID        spiffeid.ID
+	Hint      string
+	Token     string
+	ExpiresAt time.Time
+	refreshAt time.Time
+}
+
+type jwtKey struct {
+	id  string
+	aud string // sorted audiences joined by \x00
+}
+
+// Store is the identity core. It is safe for concurrent use.
+type Store struct {
+	ca    *ca.CA
+	log   *slog.Logger
+	clock func() time.Time
+
+	mu      sync.RWMutex
+	index   *policy.Index
+	x509    map[string]*X509SVID // by entry ID
+	changed chan struct{}        // closed and replaced on every change
+	version uint64
+	wake    chan struct{} // nudges the rotation loop
+
+	jwt *lru.Cache[jwtKey, *JWTSVID]
+}
+
+// New returns a Store.
+func New(cfg Config) (*Store, error) {
+	if cfg.CA == nil {
+		return nil, errors.New("identity: CA is required")
+	}
+	if cfg.Index == nil {
+		cfg.Index = policy.Empty
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.JWTCacheSize <= 0 {
+		cfg.JWTCacheSize = 10000
+	}
+	jc, err := lru.New[jwtKey, *JWTSVID](cfg.JWTCacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("identity: jwt cache: %w", err)
+	}
+	return &Store{
+		ca:      cfg.CA,
+		log:     cfg.Logger,
+		clock:   cfg.Clock,
+		index:   cfg.Index,
+		x509:    make(map[string]*X509SVID),
+		changed: make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		jwt:     jc,
+	}, nil
+}
+
+// CA returns the CA the store mints with.
+func (s *Store) CA() *ca.CA { return s.ca }
+
+// Index returns the current policy index.
+func (s *Store) Index() *policy.Index {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.index
+}
+
+// Changed returns a channel that is closed at the next change of policy or of
+// any SVID, and the version it belongs to. Watchers re-read their state and
+// call Changed again.
+func (s *Store) Changed() (<-chan struct{}, uint64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed, s.version
+}
+
+// notifyLocked wakes every watcher. s.mu must be held for writing.
+func (s *Store) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.version++
+}
+
+// SetIndex atomically replaces the policy. SVIDs of entries that are gone or
+// changed are dropped at once, JWT-SVIDs of SPIFFE IDs that no entry grants
+// any more are dropped, and watchers are notified.
+func (s *Store) SetIndex(ix *policy.Index) {
+	if ix == nil {
+		ix = policy.Empty
+	}
+	keep := make(map[string]*policy.Entry, ix.Len())
+	ids := make(map[string]bool, ix.Len())
+	for _, e := range ix.Entries() {
+		keep[e.ID] = e
+		ids[e.SPIFFEID.String()] = true
+	}
+	s.mu.Lock()
+	s.index = ix
+	for id, sv := range s.x509 {
+		if e, ok := keep[id]; !ok || !sameEntry(e, sv.Entry) {
+			delete(s.x509, id)
+		}
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+	for _, k := range s.jwt.Keys() {
+		if !ids[k.id] {
+			s.jwt.Remove(k)
+		}
+	}
+}
+
+// sameEntry reports whether an SVID minted for old is still right for e.
+func sameEntry(e, old *policy.Entry) bool {
+	return e.SPIFFEID == old.SPIFFEID && e.X509TTL == old.X509TTL &&
+		strings.Join(e.DNSNames, ",") == strings.Join(old.DNSNames, ",")
+}
+
+// Match returns the entries the selectors grant, or ErrNoIdentity.
+func (s *Store) Match(sels []selector.Selector) ([]*policy.Entry, error) {
+	entries := s.Index().Match(sels)
+	if len(entries) == 0 {
+		return nil, ErrNoIdentity
+	}
+	return entries, nil
+}
+
+// X509SVIDs returns the X.509-SVIDs for the given entries, minting those not
+// yet cached. Entries sharing a SPIFFE ID yield one SVID each (distinct hints
+// are the caller's business).
+func (s *Store) X509SVIDs(entries []*policy.Entry) ([]*X509SVID, error) {
+	out := make([]*X509SVID, 0, len(entries))
+	var missing []*policy.Entry
+	s.mu.RLock()
+	for _, e := range entries {
+		if sv, ok := s.x509[e.ID]; ok {
+			out = append(out, sv)
+		} else {
+			missing = append(missing, e)
+		}
+	}
+	s.mu.RUnlock()
+	if len(missing) == 0 {
+		return out, nil
+	}
+	// Slow path: mint under the write lock so that concurrent callers share one SVID.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out = out[:0]
+	minted := false
+	for _, e := range entries {
+		sv, ok := s.x509[e.ID]
+		if !ok {
+			var err error
+			sv, err = s.mintLocked(e)
+			if err != nil {
+				return nil, err
+			}
+			minted = true
+		}
+		out = append(out, sv)
+	}
+	if minted {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) mintLocked(e *policy.Entry) (*X509SVID, error) {
+	svid, err := s.ca.MintX509SVID(e.SPIFFEID, e.DNSNames, e.X509TTL)
+	if err != nil {
+		return nil, fmt.Errorf("mint X.509-SVID for entry %s: %w", e.ID, err)
+	}
+	var chain []byte
+	for _, c := range svid.Certificates {
+		chain = append(chain, c.Raw...)
+	}
+	leaf := svid.Certificates[0]
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	// Rotate at a jittered point in [50%, 75%) of the lifetime so a fleet of
+	// workloads never rotates in lock-step.
+	frac := 0.5 + 0.25*rand.Float64()
+	sv := &X509SVID{
+		Entry:    e,
+		SVID:     svid,
+		ChainDER: chain,
+		RotateAt: leaf.NotBefore.Add(time.Duration(float64(life) * frac)),
+	}
+	s.x509[e.ID] = sv
+	s.log.Debug("minted X.509-SVID", "spiffe_id", e.SPIFFEID.String(), "entry", e.ID,
+		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter, "rotate_at", sv.RotateAt)
+	return sv, nil
+}
+
+// Run rotates X.509-SVIDs until ctx is done: each cached SVID is re-minted at
+// its RotateAt moment and watchers are notified.
+func (s *Store) Run(ctx context.Context) error {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := s.rotateDue()
+		d := time.Hour
+		if !next.IsZero() {
+			d = max(next.Sub(s.clock()), 0)
+		}
+		timer.Reset(d)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.wake:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+// rotateDue re-mints every SVID whose rotation time has come and returns the
+// earliest future rotation time (zero when nothing is cached).
+func (s *Store) rotateDue() time.Time {
+	now := s.clock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var next time.Time
+	rotated := 0
+	for _, sv := range s.x509 {
+		if !now.Before(sv.RotateAt) {
+			nsv, err := s.mintLocked(sv.Entry)
+			if err != nil {
+				// Keep serving the old SVID; retry soon.
+				s.log.Error("rotation failed", "entry", sv.Entry.ID, "spiffe_id", sv.Entry.SPIFFEID.String(), "err", err)
+				retry := now.Add(5 * time.Second)
+				if next.IsZero() || retry.Before(next) {
+					next = retry
+				}
+				continue
+			}
+			sv = nsv
+			rotated++
+		}
+		if next.IsZero() || sv.RotateAt.Before(next) {
+			next = sv.RotateAt
+		}
+	}
+	if rotated > 0 {
+		s.log.Info("rotated X.509-SVIDs", "count", rotated)
+		s.notifyLocked()
+	}
+	return next
+}
+
+// JWTSVIDs returns JWT-SVIDs for the audience, one per distinct SPIFFE ID of
+// entries (in entry order). If id is non-zero only that ID is returned, or
+// ErrNotEntitled when no entry grants it.
+func (s *Store) JWTSVIDs(entries []*policy.Entry, id spiffeid.ID, audience []string) ([]*JWTSVID, error) {
+	aud := append([]string(nil), audience...)
+	sort.Strings(aud)
+	audKey := strings.Join(aud, "\x00")
+	seen := make(map[spiffeid.ID]bool, len(entries))
+	var out []*JWTSVID
+	for _, e := range entries {
+		if seen[e.SPIFFEID] || (!id.IsZero() && e.SPIFFEID != id) {
+			continue
+		}
+		seen[e.SPIFFEID] = true
+		j, err := s.jwtFor(e, audience, audKey)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	if len(out) == 0 {
+		if !id.IsZero() {
+			return nil, ErrNotEntitled
+		}
+		return nil, ErrNoIdentity
+	}
+	return out, nil
+}
+
+func (s *Store) jwtFor(e *policy.Entry, audience []string, audKey string) (*JWTSVID, error) {
+	k := jwtKey{id: e.SPIFFEID.String(), aud: audKey}
+	now := s.clock()
+	if j, ok := s.jwt.Get(k); ok && now.Before(j.refreshAt) {
+		if j.Hint == e.Hint {
+			return j, nil
+		}
+		cp := *j
+		cp.Hint = e.Hint
+		return &cp, nil
+	}
+	token, exp, err := s.ca.MintJWTSVID(e.SPIFFEID, audience, e.JWTTTL)
+	if err != nil {
+		return nil, fmt.Errorf("mint JWT-SVID for entry %s: %w", e.ID, err)
+	}
+	// Re-mint once half the lifetime is gone, so a returned token always has
+	// at least half its lifetime left.
+	j := &JWTSVID{ID: e.SPIFFEID, Hint: e.Hint, Token: token, ExpiresAt: exp,
+		refreshAt: now.Add(exp.Sub(now) / 2)}
+	s.jwt.Add(k, j)
+	return j, nil
+}
+
+// ValidateJWTSVID validates token (signature, expiry, audience) against the
+// bundle of the token's trust domain.
+func (s *Store) ValidateJWTSVID(token, audience string) (*jwtsvid.SVID, error) {
+	svid, err := jwtsvid.ParseAndValidate(token, s.ca.Bundle(), []string{audience})
+	if err != nil {
+		return nil, fmt.Errorf("validate JWT-SVID: %w", err)
+	}
+	return svid, nil
+}
+
+// Stats is a snapshot for status and readiness.
+type Stats struct {
+	Entries   int
+	X509SVIDs int
+	JWTSVIDs  int
+	Version   uint64
+}
+
+// Stats returns counts of what the store holds.
+func (s *Store) Stats() Stats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return Stats{Entries: s.index.Len(), X509SVIDs: len(s.x509), JWTSVIDs: s.jwt.Len(), Version: s.version}
+}
