@@ -1,0 +1,81 @@
+package peercred
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// AuthType is the gRPC AuthType of AuthInfo.
+const AuthType = "nodeward-peercred"
+
+// AuthInfo carries a connection's peer credentials through gRPC.
+type AuthInfo struct {
+	credentials.CommonAuthInfo
+	Info *Info
+}
+
+// AuthType implements credentials.AuthInfo.
+func (AuthInfo) AuthType() string { return AuthType }
+
+// FromContext returns the peer credentials of the gRPC call in ctx.
+func FromContext(ctx context.Context) (*Info, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, false
+	}
+	ai, ok := p.AuthInfo.(AuthInfo)
+	if !ok || ai.Info == nil {
+		return nil, false
+	}
+	return ai.Info, true
+}
+
+// TransportCredentials returns gRPC server credentials that attach each Unix
+// connection's peer credentials (pinned by a pidfd) to its calls.
+func TransportCredentials() credentials.TransportCredentials { return creds{} }
+
+type creds struct{}
+
+func (creds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("peercred: client handshake not supported")
+}
+
+func (creds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil, nil, fmt.Errorf("peercred: %T is not a Unix socket connection", c)
+	}
+	info, err := Get(uc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &conn{UnixConn: uc, info: info}, AuthInfo{
+		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		Info:           info,
+	}, nil
+}
+
+func (creds) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: AuthType}
+}
+
+func (c creds) Clone() credentials.TransportCredentials { return c }
+
+func (creds) OverrideServerName(string) error { return nil }
+
+// conn closes the pidfd together with the connection.
+type conn struct {
+	*net.UnixConn
+	info *Info
+}
+
+func (c *conn) Close() error {
+	err := c.UnixConn.Close()
+	_ = c.info.Close()
+	return err
+}
