@@ -118,9 +118,11 @@ func (c *CA) finish() error {
 	}
 	c.jwtHeader = base64.RawURLEncoding.EncodeToString(hdr)
 	pub := &c.jwtKey.PublicKey
-	x, y := make([]byte, 32), make([]byte, 32)
-	pub.X.FillBytes(x)
-	pub.Y.FillBytes(y)
+	raw, err := pub.Bytes() // uncompressed point: 0x04 || X || Y
+	if err != nil {
+		return fmt.Errorf("jwt key: %w", err)
+	}
+	x, y := raw[1:33], raw[33:65]
 	c.jwks, err = json.Marshal(map[string]any{"keys": []map[string]string{{
 		"kty": "EC", "crv": "P-256", "use": "jwt-svid", "kid": kid,
 		"x": base64.RawURLEncoding.EncodeToString(x), "y": base64.RawURLEncoding.EncodeToString(y),

@@ -29,6 +29,9 @@ import (
 	"github.com/nodeward/nodeward/attestors/selector"
 )
 
+// minRotateAfter keeps a nearly expired issuer from making rotation spin.
+const minRotateAfter = 100 * time.Millisecond
+
 // ErrNoIdentity is returned when a caller's selectors match no entry.
 var ErrNoIdentity = errors.New("no registration entry matches the caller")
 
@@ -243,15 +246,17 @@ func (s *Store) mintLocked(e *policy.Entry) (*X509SVID, error) {
 		chain = append(chain, c.Raw...)
 	}
 	leaf := svid.Certificates[0]
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
 	// Rotate at a jittered point in [50%, 75%) of the lifetime so a fleet of
-	// workloads never rotates in lock-step.
+	// workloads never rotates in lock-step. The lifetime counts from now, not
+	// from NotBefore, which the CA backdates for clock skew.
+	issued := s.clock()
+	life := leaf.NotAfter.Sub(issued)
 	frac := 0.5 + 0.25*rand.Float64()
 	sv := &X509SVID{
 		Entry:    e,
 		SVID:     svid,
 		ChainDER: chain,
-		RotateAt: leaf.NotBefore.Add(time.Duration(float64(life) * frac)),
+		RotateAt: issued.Add(max(time.Duration(float64(life)*frac), minRotateAfter)),
 	}
 	s.x509[e.ID] = sv
 	s.log.Debug("minted X.509-SVID", "spiffe_id", e.SPIFFEID.String(), "entry", e.ID,

@@ -57,9 +57,11 @@ func TestX509SVIDsAreSharedPerEntry(t *testing.T) {
 	if a[0] != b[0] {
 		t.Fatal("second call minted a new SVID instead of serving the cached one")
 	}
-	life := a[0].SVID.Certificates[0].NotAfter.Sub(a[0].SVID.Certificates[0].NotBefore)
-	since := a[0].RotateAt.Sub(a[0].SVID.Certificates[0].NotBefore)
-	if since < life/2 || since >= life*3/4 {
+	// NotBefore is backdated 10 s; the lifetime that counts starts at minting.
+	minted := a[0].SVID.Certificates[0].NotBefore.Add(10 * time.Second)
+	life := a[0].SVID.Certificates[0].NotAfter.Sub(minted)
+	since := a[0].RotateAt.Sub(minted)
+	if since < life/2-time.Second || since >= life*3/4+time.Second {
 		t.Fatalf("rotation at %v of lifetime %v, want within [50%%, 75%%)", since, life)
 	}
 }

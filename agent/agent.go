@@ -1,0 +1,186 @@
+// Package agent is the nodeward daemon: it loads the configuration, the
+// local CA and the policy, attests callers of the Workload API socket and
+// serves them SVIDs, rotates them, and serves the admin endpoints.
+//
+// Security: the agent trusts only what the kernel reports about a caller
+// (peer credentials pinned by a pidfd, /proc) and its own configuration.
+// Callers with no matching entry are denied. Key files live in data_dir
+// (0700, keys 0600) and key material never reaches logs.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nodeward/nodeward/agent/ca"
+	"github.com/nodeward/nodeward/agent/config"
+	"github.com/nodeward/nodeward/agent/identity"
+	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/attestors/unix"
+	"github.com/nodeward/nodeward/workloadapi"
+	"github.com/nodeward/nodeward/workloadapi/peercred"
+)
+
+// Agent is one running nodeward agent.
+type Agent struct {
+	log       *slog.Logger
+	ca        *ca.CA
+	store     *identity.Store
+	unix      *unix.Attestor
+	attestors []workloadAttestor
+	server    *workloadapi.Server
+
+	mu  sync.Mutex
+	cfg *config.Agent
+
+	serving atomic.Bool
+	addr    atomic.Value // admin listener address (string)
+	started time.Time
+}
+
+// New validates cfg, loads (or creates) the CA and builds the policy index.
+// It does not listen yet; Run does.
+func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("trust_domain: %w", err)
+	}
+	c, err := ca.LoadOrCreate(ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	ix, err := buildIndex(cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := identity.New(identity.Config{CA: c, Index: ix, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	ua := unix.New(unix.Config{Logger: log})
+	ua.SetHashing(ix.Uses("unix", "sha256"))
+	a := &Agent{
+		log:       log,
+		ca:        c,
+		store:     st,
+		unix:      ua,
+		attestors: []workloadAttestor{ua},
+		cfg:       cfg,
+		started:   time.Now(),
+	}
+	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// buildIndex turns the configured entries into a policy index.
+func buildIndex(cfg *config.Agent) (*policy.Index, error) {
+	entries := make([]*policy.Entry, 0, len(cfg.Entries))
+	for _, e := range cfg.Entries {
+		entries = append(entries, &policy.Entry{
+			ID:        e.ID,
+			SPIFFEID:  e.ParsedID,
+			Selectors: e.ParsedSelectors,
+			X509TTL:   time.Duration(e.X509TTL),
+			JWTTTL:    time.Duration(e.JWTTTL),
+			DNSNames:  e.DNSNames,
+			Hint:      e.Hint,
+		})
+	}
+	ix, err := policy.NewIndex(entries)
+	if err != nil {
+		return nil, fmt.Errorf("entries: %w", err)
+	}
+	return ix, nil
+}
+
+// Store returns the identity store (for status and tests).
+func (a *Agent) Store() *identity.Store { return a.store }
+
+// Ready reports whether the CA is loaded and the Workload API socket serves.
+func (a *Agent) Ready() bool { return a.serving.Load() }
+
+// AdminAddr returns the admin listener's address once it listens, else "".
+func (a *Agent) AdminAddr() string {
+	s, _ := a.addr.Load().(string)
+	return s
+}
+
+// Reload applies a new configuration's entries atomically: open streams get
+// the new state. Settings that need a restart (trust_domain, socket_path,
+// data_dir, admin_listen) are reported and left unchanged. On error the old
+// policy keeps serving.
+func (a *Agent) Reload(cfg *config.Agent) error {
+	ix, err := buildIndex(cfg)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	old := a.cfg
+	a.cfg = cfg
+	a.mu.Unlock()
+	if cfg.TrustDomain != old.TrustDomain || cfg.SocketPath != old.SocketPath ||
+		cfg.DataDir != old.DataDir || cfg.AdminListen != old.AdminListen {
+		a.log.Warn("reload: trust_domain, socket_path, data_dir and admin_listen changes need a restart; keeping the old values")
+	}
+	a.unix.SetHashing(ix.Uses("unix", "sha256"))
+	a.store.SetIndex(ix)
+	a.log.Info("reloaded policy", "entries", ix.Len())
+	return nil
+}
+
+// Run listens on the configured socket (and admin address) and serves until
+// ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	l, err := peercred.Listen(a.cfg.SocketPath)
+	if err != nil {
+		return fmt.Errorf("workload API socket: %w", err)
+	}
+	return a.Serve(ctx, l)
+}
+
+// Serve serves the Workload API on l (for example a socket-activated
+// listener) until ctx is done.
+func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
+	var admin net.Listener
+	if a.cfg.AdminListen != "" {
+		var err error
+		admin, err = net.Listen("tcp", a.cfg.AdminListen)
+		if err != nil {
+			_ = l.Close()
+			return fmt.Errorf("admin_listen: %w", err)
+		}
+		a.addr.Store(admin.Addr().String())
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.store.Run(ctx) })
+	g.Go(func() error { return a.server.Serve(ctx, l) })
+	if admin != nil {
+		g.Go(func() error { return a.serveAdmin(ctx, admin) })
+	}
+	a.serving.Store(true)
+	a.log.Info("nodeward agent serving",
+		"socket", l.Addr().String(), "trust_domain", a.ca.TrustDomain().Name(),
+		"entries", a.store.Stats().Entries, "admin", a.AdminAddr(),
+		"startup", time.Since(a.started).Round(time.Microsecond))
+	err := g.Wait()
+	a.serving.Store(false)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

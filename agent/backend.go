@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/nodeward/nodeward/agent/identity"
+	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/workloadapi"
+	"github.com/nodeward/nodeward/workloadapi/peercred"
+)
+
+// workloadAttestor is one workload attestor as the agent consumes it.
+type workloadAttestor interface {
+	Name() string
+	Attest(ctx context.Context, pid int32) ([]selector.Selector, error)
+}
+
+// backend adapts the identity store to the Workload API server.
+type backend struct {
+	a *Agent
+}
+
+var _ workloadapi.Backend = backend{}
+
+// Attest runs the attestors for the peer, then re-checks that the process
+// pinned by the pidfd at accept time is still alive: if it exited, its PID
+// may have been reused while /proc was read, so nothing read can be trusted.
+func (b backend) Attest(ctx context.Context, p *peercred.Info) ([]selector.Selector, error) {
+	if err := p.CheckAlive(); err != nil {
+		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
+	}
+	var sels []selector.Selector
+	for _, at := range b.a.attestors {
+		s, err := at.Attest(ctx, p.PID)
+		if err != nil {
+			return nil, fmt.Errorf("attestor %s: pid %d: %w", at.Name(), p.PID, err)
+		}
+		sels = append(sels, s...)
+	}
+	if err := p.CheckAlive(); err != nil {
+		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
+	}
+	return sels, nil
+}
+
+func (b backend) match(sels []selector.Selector) ([]*policy.Entry, error) {
+	entries, err := b.a.store.Match(sels)
+	if err != nil {
+		b.a.log.Info("denied: no matching entry", "selectors", len(sels))
+		return nil, workloadapi.ErrNoIdentity
+	}
+	return entries, nil
+}
+
+func (b backend) tdID() string { return b.a.ca.TrustDomain().IDString() }
+
+func (b backend) X509(sels []selector.Selector) (*workloadapi.X509State, error) {
+	entries, err := b.match(sels)
+	if err != nil {
+		return nil, err
+	}
+	svids, err := b.a.store.X509SVIDs(entries)
+	if err != nil {
+		return nil, err
+	}
+	st := &workloadapi.X509State{
+		SVIDs:      make([]workloadapi.X509SVID, len(svids)),
+		BundleDER:  b.a.ca.X509BundleDER(),
+		TrustDomID: b.tdID(),
+	}
+	for i, sv := range svids {
+		st.SVIDs[i] = workloadapi.X509SVID{
+			SPIFFEID: sv.Entry.SPIFFEID.String(),
+			ChainDER: sv.ChainDER,
+			KeyDER:   sv.SVID.KeyDER,
+			Hint:     sv.Entry.Hint,
+		}
+	}
+	return st, nil
+}
+
+func (b backend) X509Bundles(sels []selector.Selector) (map[string][]byte, error) {
+	if _, err := b.match(sels); err != nil {
+		return nil, err
+	}
+	return map[string][]byte{b.tdID(): b.a.ca.X509BundleDER()}, nil
+}
+
+func (b backend) JWTBundles(sels []selector.Selector) (map[string][]byte, error) {
+	if _, err := b.match(sels); err != nil {
+		return nil, err
+	}
+	return map[string][]byte{b.tdID(): b.a.ca.JWKS()}, nil
+}
+
+func (b backend) JWTSVIDs(sels []selector.Selector, id string, audience []string) ([]workloadapi.JWTSVID, error) {
+	entries, err := b.match(sels)
+	if err != nil {
+		return nil, err
+	}
+	var want spiffeid.ID
+	if id != "" {
+		if want, err = spiffeid.FromString(id); err != nil {
+			return nil, fmt.Errorf("requested SPIFFE ID: %w", err)
+		}
+	}
+	svids, err := b.a.store.JWTSVIDs(entries, want, audience)
+	switch {
+	case errors.Is(err, identity.ErrNotEntitled):
+		return nil, workloadapi.ErrNotEntitled
+	case errors.Is(err, identity.ErrNoIdentity):
+		return nil, workloadapi.ErrNoIdentity
+	case err != nil:
+		return nil, err
+	}
+	out := make([]workloadapi.JWTSVID, len(svids))
+	for i, sv := range svids {
+		out[i] = workloadapi.JWTSVID{SPIFFEID: sv.ID.String(), Token: sv.Token, Hint: sv.Hint}
+	}
+	return out, nil
+}
+
+func (b backend) ValidateJWTSVID(token, audience string) (string, map[string]any, error) {
+	svid, err := b.a.store.ValidateJWTSVID(token, audience)
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: %v", workloadapi.ErrInvalidToken, errors.Unwrap(err))
+	}
+	return svid.ID.String(), svid.Claims, nil
+}
+
+func (b backend) Changed() <-chan struct{} {
+	ch, _ := b.a.store.Changed()
+	return ch
+}

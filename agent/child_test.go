@@ -1,0 +1,186 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/status"
+
+	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/workloadapi/peercred"
+)
+
+// Child-process modes of the test binary, chosen by NODEWARD_TEST_CHILD.
+const childEnv = "NODEWARD_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(childEnv) {
+	case "fetch":
+		childFetch()
+		return
+	case "connect-and-wait":
+		childConnectAndWait()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// childFetch fetches an X.509-SVID and prints "ID <spiffe id>" or "ERR <grpc code>".
+func childFetch() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	xc, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+os.Getenv("NODEWARD_TEST_SOCKET")))
+	if err != nil {
+		fmt.Printf("ERR %s\n", status.Code(err))
+		return
+	}
+	fmt.Printf("ID %s\n", xc.SVIDs[0].ID)
+}
+
+// childConnectAndWait connects to the socket and blocks until stdin closes.
+func childConnectAndWait() {
+	c, err := net.Dial("unix", os.Getenv("NODEWARD_TEST_SOCKET"))
+	if err != nil {
+		fmt.Println("dial:", err)
+		os.Exit(1)
+	}
+	defer c.Close()
+	fmt.Println("connected")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+}
+
+// exeForOthers copies the test binary where another uid can execute it.
+func exeForOthers(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(socketDir(t), "agent.test")
+	if err := os.WriteFile(p, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func runAsNobody(t *testing.T, exe, sock string) string {
+	t.Helper()
+	cmd := exec.Command(exe)
+	cmd.Env = []string{childEnv + "=fetch", "NODEWARD_TEST_SOCKET=" + sock}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func TestOtherUIDDeniedThenRegistered(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child under uid 65534 (CI runs as root)")
+	}
+	exe := exeForOthers(t)
+	cfg := testConfig(t, "entries:\n"+selfEntry("me", ""))
+	r := startAgent(t, cfg)
+	if got := runAsNobody(t, exe, cfg.SocketPath); got != "ERR PermissionDenied" {
+		t.Fatalf("unregistered uid 65534 got %q, want ERR PermissionDenied", got)
+	}
+	next := *cfg
+	next.Entries = testConfig(t, "entries:\n"+selfEntry("me", "")+
+		fmt.Sprintf("  - spiffe_id: spiffe://%s/nobody\n    selectors: [unix:uid:65534, unix:user:nobody]\n", td)).Entries
+	if err := r.agent.Reload(&next); err != nil {
+		t.Fatal(err)
+	}
+	if got := runAsNobody(t, exe, cfg.SocketPath); got != "ID spiffe://example.org/nobody" {
+		t.Fatalf("registered uid 65534 got %q", got)
+	}
+}
+
+// reapingAttestor stands for an attestor that is slow: while it "reads
+// /proc", the caller exits and is reaped, so its PID is free for reuse.
+type reapingAttestor struct{ cmd *exec.Cmd }
+
+func (reapingAttestor) Name() string { return "reaping-test-attestor" }
+
+func (r reapingAttestor) Attest(context.Context, int32) ([]selector.Selector, error) {
+	if r.cmd != nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+	}
+	return []selector.Selector{selector.New("unix", "uid", "0")}, nil
+}
+
+func TestAttestFailsClosedWhenCallerExitsMidAttestation(t *testing.T) {
+	for _, exits := range []bool{false, true} {
+		t.Run(fmt.Sprintf("exits=%v", exits), func(t *testing.T) {
+			sock := filepath.Join(socketDir(t), "s.sock")
+			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			self, _ := os.Executable()
+			cmd := exec.Command(self)
+			cmd.Env = []string{childEnv + "=connect-and-wait", "NODEWARD_TEST_SOCKET=" + sock}
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "connected\n" {
+				t.Fatalf("child said %q", line)
+			}
+			conn, err := l.AcceptUnix()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			info, err := peercred.Get(conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer info.Close()
+			if int(info.PID) != cmd.Process.Pid {
+				t.Fatalf("peer pid %d, child %d", info.PID, cmd.Process.Pid)
+			}
+			at := reapingAttestor{}
+			if exits {
+				at.cmd = cmd
+			}
+			b := backend{a: &Agent{attestors: []workloadAttestor{at}}}
+			sels, err := b.Attest(context.Background(), info)
+			if exits {
+				if !errors.Is(err, peercred.ErrProcessGone) || sels != nil {
+					t.Fatalf("caller exited mid-attestation: sels=%v err=%v, want ErrProcessGone", sels, err)
+				}
+				return
+			}
+			if err != nil || len(sels) != 1 {
+				t.Fatalf("live caller: sels=%v err=%v", sels, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,164 @@
+// Package e2e tests the built nodeward binary end to end: a real agent
+// process, its CLI contracts, and go-spiffe clients over its real socket.
+package e2e
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodeward/nodeward/test/testutil"
+)
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "nodeward-bin-")
+	if err != nil {
+		panic(err)
+	}
+	bin, err = testutil.BuildBinary(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func selfEntries() string {
+	return fmt.Sprintf("entries:\n  - spiffe_id: spiffe://example.org/cli\n    selectors: [unix:uid:%d]\n    dns_names: [cli.internal]\n", os.Geteuid())
+}
+
+func TestCLIFetchValidateHealthcheck(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", selfEntries())
+	testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	env := []string{"SPIFFE_ENDPOINT_SOCKET=unix://" + sock}
+
+	out, errOut, code := testutil.Run(t, bin, env, "fetch", "x509")
+	if code != 0 || !strings.Contains(out, "SPIFFE ID:        spiffe://example.org/cli") || !strings.Contains(out, "SVID valid until:") {
+		t.Fatalf("fetch x509: code %d\n%s\n%s", code, out, errOut)
+	}
+
+	outDir := filepath.Join(t.TempDir(), "svid")
+	_, errOut, code = testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock, "--out", outDir)
+	if code != 0 {
+		t.Fatalf("fetch x509 --out: %d %s", code, errOut)
+	}
+	for name, mode := range map[string]os.FileMode{"svid.pem": 0o644, "svid_key.pem": 0o600, "bundle.pem": 0o644} {
+		st, err := os.Stat(filepath.Join(outDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != mode {
+			t.Errorf("%s mode %v, want %v", name, st.Mode().Perm(), mode)
+		}
+	}
+	certPEM, _ := os.ReadFile(filepath.Join(outDir, "svid.pem"))
+	bundlePEM, _ := os.ReadFile(filepath.Join(outDir, "bundle.pem"))
+	leaf := firstCert(t, certPEM)
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(bundlePEM) {
+		t.Fatal("bundle.pem holds no certificate")
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("written svid.pem does not verify against bundle.pem: %v", err)
+	}
+
+	out, errOut, code = testutil.Run(t, bin, env, "fetch", "jwt", "--audience", "svc")
+	tok := regexp.MustCompile(`\s(eyJ[A-Za-z0-9_\-.]+)`).FindStringSubmatch(out)
+	if code != 0 || tok == nil {
+		t.Fatalf("fetch jwt: %d\n%s\n%s", code, out, errOut)
+	}
+	out, errOut, code = testutil.Run(t, bin, env, "validate", "--audience", "svc", tok[1])
+	if code != 0 || !strings.Contains(out, "SPIFFE ID: spiffe://example.org/cli") {
+		t.Fatalf("validate: %d\n%s\n%s", code, out, errOut)
+	}
+	_, errOut, code = testutil.Run(t, bin, env, "validate", "--audience", "other", tok[1])
+	if code != 1 || strings.Contains(errOut, tok[1]) {
+		t.Fatalf("validate wrong audience: code %d (want 1), token echoed=%v: %s", code, strings.Contains(errOut, tok[1]), errOut)
+	}
+
+	out, _, code = testutil.Run(t, bin, env, "fetch", "bundles")
+	if code != 0 || !strings.Contains(out, "BEGIN CERTIFICATE") || !strings.Contains(out, `"kty":"EC"`) {
+		t.Fatalf("fetch bundles: %d\n%s", code, out)
+	}
+
+	out, _, code = testutil.Run(t, bin, env, "healthcheck")
+	if code != 0 || !strings.Contains(out, "healthy") {
+		t.Fatalf("healthcheck: %d %s", code, out)
+	}
+}
+
+func firstCert(t *testing.T, p []byte) *x509.Certificate {
+	t.Helper()
+	b, _ := pem.Decode(p)
+	if b == nil {
+		t.Fatal("no PEM block")
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestCLIErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	_, _, code := testutil.Run(t, bin, nil, "healthcheck", "--socket", missing, "--timeout", "500ms")
+	if code != 1 {
+		t.Errorf("healthcheck with no agent: code %d, want 1", code)
+	}
+	_, _, code = testutil.Run(t, bin, nil, "fetch", "jwt")
+	if code != 2 {
+		t.Errorf("fetch jwt without --audience: code %d, want 2", code)
+	}
+	_, _, code = testutil.Run(t, bin, nil, "frobnicate")
+	if code != 2 {
+		t.Errorf("unknown command: code %d, want 2", code)
+	}
+	out, _, code := testutil.Run(t, bin, nil, "version")
+	if code != 0 || !strings.HasPrefix(out, "nodeward e2e") {
+		t.Errorf("version: %d %q", code, out)
+	}
+}
+
+func TestAgentRejectsUnknownConfigKey(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(p, []byte("trust_domain: example.org\ntrust_domian: typo.org\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := testutil.Run(t, bin, nil, "agent", "--config", p)
+	if code != 1 || !strings.Contains(errOut, "agent.yaml:2") || !strings.Contains(errOut, "trust_domian") {
+		t.Fatalf("unknown key: code %d, stderr %q; want file:line and key named", code, errOut)
+	}
+}
+
+func TestStaleSocketReplacedAfterCrash(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", selfEntries())
+	a := testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	// Crash: SIGKILL leaves the socket file behind.
+	_ = a.Cmd.Process.Kill()
+	_ = a.Cmd.Wait()
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("socket file gone after SIGKILL: %v", err)
+	}
+	testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	out, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock)
+	if code != 0 || !strings.Contains(out, "spiffe://example.org/cli") {
+		t.Fatalf("after restart: %d %s %s", code, out, errOut)
+	}
+}

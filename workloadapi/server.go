@@ -1,0 +1,358 @@
+package workloadapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/workloadapi/peercred"
+)
+
+// Request limits; larger input gets InvalidArgument.
+const (
+	MaxAudiences   = 32
+	MaxAudienceLen = 1024
+	MaxTokenLen    = 16 * 1024
+	maxRecvMsgSize = 256 * 1024
+)
+
+const securityHeader = "workload.spiffe.io"
+
+// Server is the SPIFFE Workload API gRPC service.
+type Server struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+	backend Backend
+	log     *slog.Logger
+}
+
+// Config configures a Server.
+type Config struct {
+	Backend Backend
+	Logger  *slog.Logger
+}
+
+// New returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("workloadapi: backend is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{backend: cfg.Backend, log: cfg.Logger}, nil
+}
+
+// GRPCServer returns a grpc.Server with the Workload API registered,
+// peer-credential transport credentials and the security-header check.
+func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	opts = append([]grpc.ServerOption{
+		grpc.Creds(peercred.TransportCredentials()),
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
+		grpc.UnaryInterceptor(unaryHeaderCheck),
+		grpc.StreamInterceptor(streamHeaderCheck),
+	}, opts...)
+	g := grpc.NewServer(opts...)
+	workload.RegisterSpiffeWorkloadAPIServer(g, s)
+	return g
+}
+
+// Serve serves the Workload API on l until ctx is done, then stops gracefully.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	g := s.GRPCServer()
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			g.Stop() // streams are long-lived: GracefulStop would wait for them forever
+		case <-done:
+		}
+	}()
+	err := g.Serve(l)
+	close(done)
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("workload API: %w", err)
+	}
+	return nil
+}
+
+func checkHeader(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(securityHeader); len(v) != 1 || v[0] != "true" {
+		return status.Error(codes.InvalidArgument, "security header missing from request")
+	}
+	return nil
+}
+
+func unaryHeaderCheck(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := checkHeader(ctx); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func streamHeaderCheck(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := checkHeader(ss.Context()); err != nil {
+		return err
+	}
+	return h(srv, ss)
+}
+
+// attest identifies the caller of ctx, failing closed.
+func (s *Server) attest(ctx context.Context, rpc string) ([]selector.Selector, error) {
+	p, ok := peercred.FromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "caller has no peer credentials")
+	}
+	sels, err := s.backend.Attest(ctx, p)
+	if err != nil {
+		s.log.Warn("attestation failed", "rpc", rpc, "pid", p.PID, "uid", p.UID, "err", err)
+		return nil, status.Error(codes.PermissionDenied, "caller could not be attested")
+	}
+	return sels, nil
+}
+
+// toStatus maps backend errors to gRPC status errors at the API edge.
+func (s *Server) toStatus(rpc string, err error) error {
+	switch {
+	case errors.Is(err, ErrNoIdentity):
+		return status.Error(codes.PermissionDenied, "no identity issued")
+	case errors.Is(err, ErrNotEntitled):
+		return status.Error(codes.PermissionDenied, "not entitled to the requested SPIFFE ID")
+	case errors.Is(err, ErrInvalidToken):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.log.Error("workload API request failed", "rpc", rpc, "err", err)
+	return status.Error(codes.Internal, "internal error")
+}
+
+// FetchX509SVID streams the caller's X.509-SVIDs: the full state at once, and
+// again whenever it changes.
+func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
+	ctx := stream.Context()
+	sels, err := s.attest(ctx, "FetchX509SVID")
+	if err != nil {
+		return err
+	}
+	var last *workload.X509SVIDResponse
+	for {
+		changed := s.backend.Changed()
+		st, err := s.backend.X509(sels)
+		if err != nil {
+			return s.toStatus("FetchX509SVID", err)
+		}
+		resp := x509Response(st)
+		if last == nil || !sameX509(last, resp) {
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			last = resp
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+func x509Response(st *X509State) *workload.X509SVIDResponse {
+	resp := &workload.X509SVIDResponse{
+		Svids:            make([]*workload.X509SVID, 0, len(st.SVIDs)),
+		FederatedBundles: st.Federated,
+	}
+	hints := make(map[string]bool, len(st.SVIDs))
+	for _, sv := range st.SVIDs {
+		if sv.Hint != "" {
+			// Hints must be unique per response: the first entry keeps it,
+			// later ones with the same hint are left out.
+			if hints[sv.Hint] {
+				continue
+			}
+			hints[sv.Hint] = true
+		}
+		resp.Svids = append(resp.Svids, &workload.X509SVID{
+			SpiffeId:    sv.SPIFFEID,
+			X509Svid:    sv.ChainDER,
+			X509SvidKey: sv.KeyDER,
+			Bundle:      st.BundleDER,
+			Hint:        sv.Hint,
+		})
+	}
+	return resp
+}
+
+func sameX509(a, b *workload.X509SVIDResponse) bool {
+	if len(a.Svids) != len(b.Svids) || len(a.FederatedBundles) != len(b.FederatedBundles) {
+		return false
+	}
+	for i := range a.Svids {
+		x, y := a.Svids[i], b.Svids[i]
+		if x.SpiffeId != y.SpiffeId || x.Hint != y.Hint || !bytes.Equal(x.X509Svid, y.X509Svid) || !bytes.Equal(x.Bundle, y.Bundle) {
+			return false
+		}
+	}
+	for k, v := range a.FederatedBundles {
+		if !bytes.Equal(v, b.FederatedBundles[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+// FetchX509Bundles streams the X.509 bundles the caller may trust.
+func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
+	ctx := stream.Context()
+	sels, err := s.attest(ctx, "FetchX509Bundles")
+	if err != nil {
+		return err
+	}
+	var last map[string][]byte
+	for {
+		changed := s.backend.Changed()
+		b, err := s.backend.X509Bundles(sels)
+		if err != nil {
+			return s.toStatus("FetchX509Bundles", err)
+		}
+		if last == nil || !sameBundles(last, b) {
+			if err := stream.Send(&workload.X509BundlesResponse{Bundles: b}); err != nil {
+				return err
+			}
+			last = b
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// FetchJWTBundles streams the JWT bundles (JWKS documents) the caller may trust.
+func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
+	ctx := stream.Context()
+	sels, err := s.attest(ctx, "FetchJWTBundles")
+	if err != nil {
+		return err
+	}
+	var last map[string][]byte
+	for {
+		changed := s.backend.Changed()
+		b, err := s.backend.JWTBundles(sels)
+		if err != nil {
+			return s.toStatus("FetchJWTBundles", err)
+		}
+		if last == nil || !sameBundles(last, b) {
+			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: b}); err != nil {
+				return err
+			}
+			last = b
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+func sameBundles(a, b map[string][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || !bytes.Equal(v, w) {
+			return false
+		}
+	}
+	return true
+}
+
+func checkAudience(aud []string) error {
+	if len(aud) == 0 {
+		return status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	if len(aud) > MaxAudiences {
+		return status.Errorf(codes.InvalidArgument, "too many audiences: %d (at most %d)", len(aud), MaxAudiences)
+	}
+	for i, a := range aud {
+		if a == "" {
+			return status.Errorf(codes.InvalidArgument, "audience %d is empty", i)
+		}
+		if len(a) > MaxAudienceLen {
+			return status.Errorf(codes.InvalidArgument, "audience %d is longer than %d bytes", i, MaxAudienceLen)
+		}
+	}
+	return nil
+}
+
+// FetchJWTSVID returns JWT-SVIDs for the requested audience.
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	if err := checkAudience(req.Audience); err != nil {
+		return nil, err
+	}
+	if req.SpiffeId != "" {
+		if _, err := spiffeid.FromString(req.SpiffeId); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
+		}
+	}
+	sels, err := s.attest(ctx, "FetchJWTSVID")
+	if err != nil {
+		return nil, err
+	}
+	svids, err := s.backend.JWTSVIDs(sels, req.SpiffeId, req.Audience)
+	if err != nil {
+		return nil, s.toStatus("FetchJWTSVID", err)
+	}
+	resp := &workload.JWTSVIDResponse{Svids: make([]*workload.JWTSVID, 0, len(svids))}
+	hints := make(map[string]bool, len(svids))
+	for _, sv := range svids {
+		if sv.Hint != "" {
+			if hints[sv.Hint] {
+				continue
+			}
+			hints[sv.Hint] = true
+		}
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: sv.SPIFFEID, Svid: sv.Token, Hint: sv.Hint})
+	}
+	return resp, nil
+}
+
+// ValidateJWTSVID validates a JWT-SVID (signature, audience, expiry) against
+// the bundle of its trust domain and returns its SPIFFE ID and claims.
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	switch {
+	case req.Audience == "":
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	case len(req.Audience) > MaxAudienceLen:
+		return nil, status.Errorf(codes.InvalidArgument, "audience is longer than %d bytes", MaxAudienceLen)
+	case req.Svid == "":
+		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
+	case len(req.Svid) > MaxTokenLen:
+		return nil, status.Errorf(codes.InvalidArgument, "svid is longer than %d bytes", MaxTokenLen)
+	}
+	if _, err := s.attest(ctx, "ValidateJWTSVID"); err != nil {
+		return nil, err
+	}
+	id, claims, err := s.backend.ValidateJWTSVID(req.Svid, req.Audience)
+	if err != nil {
+		return nil, s.toStatus("ValidateJWTSVID", err)
+	}
+	st, err := structpb.NewStruct(claims)
+	if err != nil {
+		return nil, s.toStatus("ValidateJWTSVID", fmt.Errorf("claims: %w", err))
+	}
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: id, Claims: st}, nil
+}
