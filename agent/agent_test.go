@@ -27,7 +27,7 @@ const td = "example.org"
 // socketDir returns a fresh 0755 directory for a Workload API socket: the
 // socket must sit in a directory only the agent's user can write, and
 // children running as other uids must be able to reach it.
-func socketDir(t *testing.T) string {
+func socketDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "nodeward-test-")
 	if err != nil {
@@ -41,7 +41,7 @@ func socketDir(t *testing.T) string {
 }
 
 // testConfig builds a config from YAML entries text, through the real decoder.
-func testConfig(t *testing.T, entries string) *config.Agent {
+func testConfig(t testing.TB, entries string) *config.Agent {
 	t.Helper()
 	dir := socketDir(t)
 	text := fmt.Sprintf("trust_domain: %s\nsocket_path: %s\ndata_dir: %s\nadmin_listen: 127.0.0.1:0\n%s",
@@ -60,9 +60,13 @@ type running struct {
 }
 
 // startAgent runs an agent until the test ends and waits until it serves.
-func startAgent(t *testing.T, cfg *config.Agent) *running {
+func startAgent(t testing.TB, cfg *config.Agent) *running {
 	t.Helper()
-	a, err := New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	level := slog.LevelDebug
+	if _, bench := t.(*testing.B); bench {
+		level = slog.LevelWarn
+	}
+	a, err := New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +88,7 @@ func startAgent(t *testing.T, cfg *config.Agent) *running {
 	return &running{agent: a, addr: "unix://" + cfg.SocketPath, cfg: cfg}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -95,7 +99,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))

@@ -128,7 +128,7 @@ func (b backend) JWTSVIDs(sels []selector.Selector, id string, audience []string
 func (b backend) ValidateJWTSVID(token, audience string) (string, map[string]any, error) {
 	svid, err := b.a.store.ValidateJWTSVID(token, audience)
 	if err != nil {
-		return "", nil, fmt.Errorf("%w: %v", workloadapi.ErrInvalidToken, errors.Unwrap(err))
+		return "", nil, fmt.Errorf("%w: %v", workloadapi.ErrInvalidToken, err)
 	}
 	return svid.ID.String(), svid.Claims, nil
 }

@@ -54,6 +54,8 @@ func TestErrors(t *testing.T) {
 		{"no selectors", "entries:\n  - spiffe_id: spiffe://nodeward.local/a\n    selectors: []\n", `agent.yaml:3: entries[0].selectors: at least one selector is required`},
 		{"selectors missing", "entries:\n  - spiffe_id: spiffe://nodeward.local/a\n", `agent.yaml:2: entries[0].selectors: at least one selector is required`},
 		{"bad dns", "entries:\n  - spiffe_id: spiffe://nodeward.local/a\n    selectors: [unix:uid:1]\n    dns_names: [ok.example, -bad]\n", `agent.yaml:4: entries[0].dns_names[1]: invalid DNS name "-bad"`},
+		{"max_procs negative", "max_procs: -2\n", `agent.yaml:1: max_procs: want an integer`},
+		{"max_procs string", "max_procs: many\n", `agent.yaml:1: max_procs: want an integer`},
 		{"log level", "log_level: loud\n", `agent.yaml:1: log_level: unknown level "loud"`},
 		{"relative socket", "socket_path: run/x.sock\n", `agent.yaml:1: socket_path: must be an absolute path`},
 		{"syntax", "trust_domain: [\n", `agent.yaml:1: did not find expected node content`},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -202,6 +203,14 @@ func Parse(name string, data []byte) (*Agent, error) {
 					return nil
 				}
 				return d.errf(v, "log_level", "unknown level %q (want debug, info, warn or error)", cfg.LogLevel)
+			},
+			"max_procs": func(_, v *yaml.Node) error {
+				n, err := strconv.Atoi(v.Value)
+				if v.Kind != yaml.ScalarNode || v.Tag != "!!int" || err != nil || n < 0 || n > 1024 {
+					return d.errf(v, "max_procs", "want an integer from 0 (all CPUs) to 1024")
+				}
+				cfg.MaxProcs = n
+				return nil
 			},
 			"entries":      func(_, v *yaml.Node) error { entriesNode = v; return nil },
 			"entries_file": func(_, v *yaml.Node) error { return d.str(v, "entries_file", &cfg.EntriesFile) },

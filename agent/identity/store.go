@@ -11,10 +11,12 @@ package identity
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -86,7 +88,8 @@ type Store struct {
 	version uint64
 	wake    chan struct{} // nudges the rotation loop
 
-	jwt *lru.Cache[jwtKey, *JWTSVID]
+	jwt       *lru.Cache[jwtKey, *JWTSVID]
+	validated *lru.Cache[[32]byte, *jwtsvid.SVID]
 }
 
 // New returns a Store.
@@ -110,15 +113,20 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: jwt cache: %w", err)
 	}
+	vc, err := lru.New[[32]byte, *jwtsvid.SVID](1024)
+	if err != nil {
+		return nil, fmt.Errorf("identity: validation cache: %w", err)
+	}
 	return &Store{
-		ca:      cfg.CA,
-		log:     cfg.Logger,
-		clock:   cfg.Clock,
-		index:   cfg.Index,
-		x509:    make(map[string]*X509SVID),
-		changed: make(chan struct{}),
-		wake:    make(chan struct{}, 1),
-		jwt:     jc,
+		validated: vc,
+		ca:        cfg.CA,
+		log:       cfg.Logger,
+		clock:     cfg.Clock,
+		index:     cfg.Index,
+		x509:      make(map[string]*X509SVID),
+		changed:   make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		jwt:       jc,
 	}, nil
 }
 
@@ -378,12 +386,27 @@ func (s *Store) jwtFor(e *policy.Entry, audience []string, audKey string) (*JWTS
 }
 
 // ValidateJWTSVID validates token (signature, expiry, audience) against the
-// bundle of the token's trust domain.
+// bundle of the token's trust domain. A token whose signature was verified
+// before is found in a cache keyed by the SHA-256 of the whole token, so a
+// service validating the same bearer token on every request pays for the
+// signature check once; expiry and audience are checked on every call.
 func (s *Store) ValidateJWTSVID(token, audience string) (*jwtsvid.SVID, error) {
+	key := sha256.Sum256([]byte(token))
+	if svid, ok := s.validated.Get(key); ok {
+		if !s.clock().Before(svid.Expiry) {
+			s.validated.Remove(key)
+			return nil, errors.New("validate JWT-SVID: token has expired")
+		}
+		if !slices.Contains(svid.Audience, audience) {
+			return nil, fmt.Errorf("validate JWT-SVID: expected audience in %q (audience=%q)", audience, svid.Audience)
+		}
+		return svid, nil
+	}
 	svid, err := jwtsvid.ParseAndValidate(token, s.ca.Bundle(), []string{audience})
 	if err != nil {
 		return nil, fmt.Errorf("validate JWT-SVID: %w", err)
 	}
+	s.validated.Add(key, svid)
 	return svid, nil
 }
 

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -160,5 +161,32 @@ func TestJWTCachePerAudienceSet(t *testing.T) {
 	}
 	if _, err := s.JWTSVIDs(es, spiffeid.RequireFromString("spiffe://example.org/other"), []string{"a"}); err != ErrNotEntitled {
 		t.Errorf("other ID: %v, want ErrNotEntitled", err)
+	}
+}
+
+func TestValidateCacheStillChecksAudienceAndExpiry(t *testing.T) {
+	now := time.Now()
+	s := newStore(t, entry("/a", "unix:uid:1", time.Hour))
+	s.clock = func() time.Time { return now }
+	es, _ := s.Match([]selector.Selector{selector.MustParse("unix:uid:1")})
+	j, err := s.JWTSVIDs(es, spiffeid.ID{}, []string{"aud"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := j[0].Token
+	for i := range 2 { // first verifies the signature, second comes from the cache
+		if _, err := s.ValidateJWTSVID(tok, "aud"); err != nil {
+			t.Fatalf("validation %d: %v", i, err)
+		}
+	}
+	if _, err := s.ValidateJWTSVID(tok, "other"); err == nil {
+		t.Fatal("cached token accepted for another audience")
+	}
+	if _, err := s.ValidateJWTSVID(tok[:len(tok)-2]+"xx", "aud"); err == nil {
+		t.Fatal("tampered token accepted")
+	}
+	now = j[0].ExpiresAt.Add(time.Second)
+	if _, err := s.ValidateJWTSVID(tok, "aud"); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired cached token: %v", err)
 	}
 }

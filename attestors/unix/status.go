@@ -1,11 +1,9 @@
 package unix
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"strconv"
-	"strings"
 )
 
 // status is what the attestor takes from /proc/PID/status.
@@ -22,40 +20,41 @@ type status struct {
 func parseStatus(data []byte) (status, error) {
 	var st status
 	var haveUID, haveGID bool
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), 64*1024)
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), ":")
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		name, rest, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue
 		}
-		switch name {
+		switch string(name) {
 		case "Uid", "Gid":
-			f := strings.Fields(rest)
+			f := bytes.Fields(rest)
 			if len(f) < 2 {
 				return status{}, fmt.Errorf("%w: %s line has %d fields", ErrMalformed, name, len(f))
 			}
-			v, err := strconv.ParseUint(f[1], 10, 32)
+			v, err := strconv.ParseUint(string(f[1]), 10, 32)
 			if err != nil {
 				return status{}, fmt.Errorf("%w: %s: %v", ErrMalformed, name, err)
 			}
-			if name == "Uid" {
+			if string(name) == "Uid" {
 				st.UID, haveUID = uint32(v), true
 			} else {
 				st.GID, haveGID = uint32(v), true
 			}
 		case "Groups":
-			for _, g := range strings.Fields(rest) {
-				v, err := strconv.ParseUint(g, 10, 32)
+			for _, g := range bytes.Fields(rest) {
+				v, err := strconv.ParseUint(string(g), 10, 32)
 				if err != nil {
 					return status{}, fmt.Errorf("%w: Groups: %v", ErrMalformed, err)
 				}
 				st.Groups = append(st.Groups, uint32(v))
 			}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return status{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if !haveUID || !haveGID {
 		return status{}, fmt.Errorf("%w: missing Uid or Gid line", ErrMalformed)

@@ -109,15 +109,11 @@ func (a *Attestor) SetHashing(on bool) { a.hashing.Store(on) }
 // Attest returns the selectors of process pid, sorted.
 func (a *Attestor) Attest(ctx context.Context, pid int32) ([]selector.Selector, error) {
 	dir := filepath.Join(a.cfg.ProcRoot, strconv.Itoa(int(pid)))
-	data, err := readBounded(filepath.Join(dir, "status"), maxStatusBytes)
+	st, err := readStatus(filepath.Join(dir, "status"))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
 			return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, ErrProcessGone)
 		}
-		return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
-	}
-	st, err := parseStatus(data)
-	if err != nil {
 		return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
 	}
 	uid := strconv.FormatUint(uint64(st.UID), 10)
@@ -243,11 +239,30 @@ func (a *Attestor) hash(ctx context.Context, exe string, pid int32) (string, boo
 	return sum, true
 }
 
-func readBounded(path string, limit int64) ([]byte, error) {
+// statusBufs holds buffers for /proc/PID/status (about 1.5 KiB).
+var statusBufs = sync.Pool{New: func() any { b := make([]byte, maxStatusBytes); return &b }}
+
+// readStatus reads /proc/PID/status into a pooled buffer, at most
+// maxStatusBytes, and parses it.
+func readStatus(path string) (status, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return status{}, err
 	}
 	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, limit))
+	bp := statusBufs.Get().(*[]byte)
+	defer statusBufs.Put(bp)
+	buf := *bp
+	n := 0
+	for n < len(buf) {
+		m, err := f.Read(buf[n:])
+		n += m
+		if err == io.EOF || m == 0 {
+			break
+		}
+		if err != nil {
+			return status{}, err
+		}
+	}
+	return parseStatus(buf[:n])
 }

@@ -94,6 +94,9 @@ func StartAgent(t testing.TB, bin, cfg, sock string) *Agent {
 	t.Helper()
 	a := &Agent{Socket: sock, Config: cfg}
 	a.Cmd = exec.Command(bin, "agent", "--config", cfg)
+	// NODEWARD_AGENT_ENV adds space-separated VAR=value pairs to the agent's
+	// environment only (for example GOMAXPROCS=1 in benchmark runs).
+	a.Cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("NODEWARD_AGENT_ENV"))...)
 	a.Cmd.Stderr = lockedWriter{a}
 	a.Cmd.Stdout = lockedWriter{a}
 	if err := a.Cmd.Start(); err != nil {
