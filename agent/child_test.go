@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/attestors/selector"
@@ -34,7 +35,8 @@ func TestMain(m *testing.M) {
 		childConnectAndWait()
 		return
 	}
-	os.Exit(m.Run())
+	// Every agent, stream and client a test starts must be gone when it ends.
+	goleak.VerifyTestMain(m)
 }
 
 // childFetch fetches an X.509-SVID and prints "ID <spiffe id>" or "ERR <grpc code>".

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,5 +161,46 @@ func TestStaleSocketReplacedAfterCrash(t *testing.T) {
 	out, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock)
 	if code != 0 || !strings.Contains(out, "spiffe://example.org/cli") {
 		t.Fatalf("after restart: %d %s %s", code, out, errOut)
+	}
+}
+
+func TestSIGHUPReload(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", selfEntries())
+	a := testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	fetch := func() string {
+		out, errOut, _ := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock)
+		return out + errOut
+	}
+	if out := fetch(); !strings.Contains(out, "spiffe://example.org/cli") {
+		t.Fatalf("before reload: %s", out)
+	}
+	// A broken config is logged and the old policy keeps serving.
+	if err := os.WriteFile(cfg, []byte("trust_domain: example.org\nsocket_path: "+sock+"\ndata_dir: "+filepath.Join(dir, "data")+"\nentries: {oops\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, a, "reload failed")
+	if out := fetch(); !strings.Contains(out, "spiffe://example.org/cli") {
+		t.Fatalf("after a bad reload: %s", out)
+	}
+	// A good config swaps the entries.
+	testutil.WriteConfig(t, dir, "example.org", strings.ReplaceAll(selfEntries(), "/cli", "/reloaded"))
+	_ = a.Cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, a, "reloaded policy")
+	if out := fetch(); !strings.Contains(out, "spiffe://example.org/reloaded") {
+		t.Fatalf("after reload: %s", out)
+	}
+}
+
+func waitLog(t *testing.T, a *testutil.Agent, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(a.Log(), msg) {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent never logged %q", msg)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
