@@ -36,7 +36,7 @@ type Agent struct {
 	ca        *ca.CA
 	store     *identity.Store
 	unix      *unix.Attestor
-	attestors []workloadAttestor
+	attestors []WorkloadAttestor
 	server    *workloadapi.Server
 
 	mu  sync.Mutex
@@ -69,14 +69,14 @@ func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	ua := unix.New(unix.Config{Logger: log})
+	ua, attestors := BuiltIns(log)
 	ua.SetHashing(ix.Uses("unix", "sha256"))
 	a := &Agent{
 		log:       log,
 		ca:        c,
 		store:     st,
 		unix:      ua,
-		attestors: []workloadAttestor{ua},
+		attestors: attestors,
 		cfg:       cfg,
 		started:   time.Now(),
 	}

@@ -14,12 +14,6 @@ import (
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
-// workloadAttestor is one workload attestor as the agent consumes it.
-type workloadAttestor interface {
-	Name() string
-	Attest(ctx context.Context, pid int32) ([]selector.Selector, error)
-}
-
 // backend adapts the identity store to the Workload API server.
 type backend struct {
 	a *Agent
@@ -34,13 +28,9 @@ func (b backend) Attest(ctx context.Context, p *peercred.Info) ([]selector.Selec
 	if err := p.CheckAlive(); err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
-	var sels []selector.Selector
-	for _, at := range b.a.attestors {
-		s, err := at.Attest(ctx, p.PID)
-		if err != nil {
-			return nil, fmt.Errorf("attestor %s: pid %d: %w", at.Name(), p.PID, err)
-		}
-		sels = append(sels, s...)
+	sels, err := AttestPID(ctx, b.a.attestors, p.PID, DefaultAttestTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
 	if err := p.CheckAlive(); err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)

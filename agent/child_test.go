@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	case "fetch":
 		childFetch()
 		return
+	case "fetch-on-cue":
+		childFetchOnCue()
+		return
 	case "connect-and-wait":
 		childConnectAndWait()
 		return
@@ -172,7 +175,7 @@ func TestAttestFailsClosedWhenCallerExitsMidAttestation(t *testing.T) {
 			if exits {
 				at.cmd = cmd
 			}
-			b := backend{a: &Agent{attestors: []workloadAttestor{at}}}
+			b := backend{a: &Agent{attestors: []WorkloadAttestor{at}}}
 			sels, err := b.Attest(context.Background(), info)
 			if exits {
 				if !errors.Is(err, peercred.ErrProcessGone) || sels != nil {

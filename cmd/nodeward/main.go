@@ -34,6 +34,7 @@ func commands() []command {
 		{"agent", "agent [--config FILE]            run the node agent", runAgent},
 		{"fetch", "fetch x509|jwt|bundles [flags]  fetch SVIDs or bundles from the agent", runFetch},
 		{"validate", "validate --audience A TOKEN     validate a JWT-SVID through the agent", runValidate},
+		{"attest", "attest --pid PID [--json]        print the selectors the agent derives for a process", runAttest},
 		{"healthcheck", "healthcheck [--socket S]        exit 0 when the agent answers", runHealthcheck},
 		{"version", "version                         print the version", runVersion},
 	}

@@ -204,3 +204,19 @@ func waitLog(t *testing.T, a *testutil.Agent, msg string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestAttestCommand(t *testing.T) {
+	out, errOut, code := testutil.Run(t, bin, nil, "attest", "--pid", fmt.Sprint(os.Getpid()))
+	if code != 0 {
+		t.Fatalf("attest: %d %s", code, errOut)
+	}
+	for _, want := range []string{fmt.Sprintf("unix:uid:%d", os.Geteuid()), "cgroup:path:/"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("attest output lacks %s:\n%s", want, out)
+		}
+	}
+	_, _, code = testutil.Run(t, bin, nil, "attest", "--pid", "999999999")
+	if code != 1 {
+		t.Errorf("attest of a missing pid: code %d, want 1", code)
+	}
+}

@@ -1,0 +1,83 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nodeward/nodeward/attestors/cgroup"
+	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/attestors/unix"
+)
+
+// WorkloadAttestor is one workload attestor as the agent consumes it.
+type WorkloadAttestor interface {
+	Name() string
+	Attest(ctx context.Context, pid int32) ([]selector.Selector, error)
+}
+
+// DefaultAttestTimeout bounds one caller's attestation (all attestors).
+const DefaultAttestTimeout = 2 * time.Second
+
+// BuiltIns returns the compiled-in workload attestors, in order.
+func BuiltIns(log *slog.Logger) (*unix.Attestor, []WorkloadAttestor) {
+	u := unix.New(unix.Config{Logger: log})
+	return u, []WorkloadAttestor{u, cgroup.New(cgroup.Config{})}
+}
+
+var (
+	_ WorkloadAttestor = (*unix.Attestor)(nil)
+	_ WorkloadAttestor = (*cgroup.Attestor)(nil)
+)
+
+// ErrAttestTimeout: the attestors did not finish within the deadline.
+var ErrAttestTimeout = errors.New("attestation timed out")
+
+// AttestPID runs every attestor on pid concurrently within timeout. Any
+// attestor's error fails the whole attestation (fail closed: no partial
+// identity), and the error names the attestor.
+func AttestPID(ctx context.Context, attestors []WorkloadAttestor, pid int32, timeout time.Duration) ([]selector.Selector, error) {
+	if len(attestors) == 1 {
+		s, err := attestors[0].Attest(ctx, pid)
+		if err != nil {
+			return nil, fmt.Errorf("attestor %s: %w", attestors[0].Name(), err)
+		}
+		return s, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	type result struct {
+		i    int
+		sels []selector.Selector
+		err  error
+	}
+	results := make(chan result, len(attestors))
+	for i, at := range attestors[1:] {
+		go func() {
+			s, err := at.Attest(ctx, pid)
+			results <- result{i + 1, s, err}
+		}()
+	}
+	// The first attestor runs on this goroutine: one fewer hand-off.
+	s, err := attestors[0].Attest(ctx, pid)
+	results <- result{0, s, err}
+	per := make([][]selector.Selector, len(attestors))
+	for range attestors {
+		select {
+		case r := <-results:
+			if r.err != nil {
+				return nil, fmt.Errorf("attestor %s: %w", attestors[r.i].Name(), r.err)
+			}
+			per[r.i] = r.sels
+		case <-ctx.Done():
+			return nil, fmt.Errorf("pid %d: %w after %s", pid, ErrAttestTimeout, timeout)
+		}
+	}
+	var out []selector.Selector
+	for _, s := range per {
+		out = append(out, s...)
+	}
+	return out, nil
+}
