@@ -24,9 +24,11 @@ import (
 	"github.com/nodeward/nodeward/agent/ca"
 	"github.com/nodeward/nodeward/agent/config"
 	"github.com/nodeward/nodeward/agent/identity"
+	"github.com/nodeward/nodeward/agent/metrics"
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/unix"
 	"github.com/nodeward/nodeward/workloadapi"
+	"github.com/nodeward/nodeward/workloadapi/audit"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
@@ -38,6 +40,9 @@ type Agent struct {
 	unix      *unix.Attestor
 	attestors []WorkloadAttestor
 	server    *workloadapi.Server
+	metrics   *metrics.Metrics
+	audit     *audit.Logger
+	obs       *observer
 
 	mu  sync.Mutex
 	cfg *config.Agent
@@ -65,22 +70,23 @@ func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := identity.New(identity.Config{CA: c, Index: ix, Logger: log})
+	al, err := audit.Open(cfg.AuditLog)
 	if err != nil {
 		return nil, err
 	}
-	ua, attestors := BuiltIns(log)
-	ua.SetHashing(ix.Uses("unix", "sha256"))
-	a := &Agent{
-		log:       log,
-		ca:        c,
-		store:     st,
-		unix:      ua,
-		attestors: attestors,
-		cfg:       cfg,
-		started:   time.Now(),
+	a := &Agent{log: log, ca: c, cfg: cfg, started: time.Now(), audit: al}
+	a.metrics = metrics.New(
+		func() float64 { return float64(a.store.Stats().Entries) },
+		func() float64 { return float64(a.store.Stats().X509SVIDs) },
+	)
+	a.obs = &observer{m: a.metrics, audit: al, log: log}
+	a.store, err = identity.New(identity.Config{CA: c, Index: ix, Logger: log, Observer: a.obs})
+	if err != nil {
+		return nil, err
 	}
-	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log})
+	a.unix, a.attestors = BuiltIns(log)
+	a.unix.SetHashing(ix.Uses("unix", "sha256"))
+	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log, Observer: a.obs, Audit: al})
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +133,7 @@ func (a *Agent) AdminAddr() string {
 func (a *Agent) Reload(cfg *config.Agent) error {
 	ix, err := buildIndex(cfg)
 	if err != nil {
+		a.ReloadFailed(err)
 		return err
 	}
 	a.mu.Lock()
@@ -139,9 +146,25 @@ func (a *Agent) Reload(cfg *config.Agent) error {
 	}
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
 	a.store.SetIndex(ix)
+	a.metrics.Reloads.WithLabelValues("ok").Inc()
+	a.obs.record(audit.Record{Event: "reload", Decision: "allow", Reason: fmt.Sprintf("%d entries", ix.Len())})
 	a.log.Info("reloaded policy", "entries", ix.Len())
 	return nil
 }
+
+// ReloadFailed records a reload that did not happen (the config did not
+// load); the running policy keeps serving.
+func (a *Agent) ReloadFailed(err error) {
+	a.metrics.Reloads.WithLabelValues("error").Inc()
+	a.obs.record(audit.Record{Event: "reload", Decision: "deny", Reason: err.Error()})
+	a.log.Error("reload failed; keeping the running config", "err", err)
+}
+
+// ReopenAudit reopens a file audit sink (SIGUSR1, after log rotation).
+func (a *Agent) ReopenAudit() error { return a.audit.Reopen() }
+
+// Metrics returns the agent's metrics.
+func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
 
 // Run listens on the configured socket (and admin address) and serves until
 // ctx is done.
@@ -179,6 +202,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 		"startup", time.Since(a.started).Round(time.Microsecond))
 	err := g.Wait()
 	a.serving.Store(false)
+	_ = a.audit.Close()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

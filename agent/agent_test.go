@@ -44,8 +44,8 @@ func socketDir(t testing.TB) string {
 func testConfig(t testing.TB, entries string) *config.Agent {
 	t.Helper()
 	dir := socketDir(t)
-	text := fmt.Sprintf("trust_domain: %s\nsocket_path: %s\ndata_dir: %s\nadmin_listen: 127.0.0.1:0\n%s",
-		td, filepath.Join(dir, "workload.sock"), filepath.Join(t.TempDir(), "data"), entries)
+	text := fmt.Sprintf("trust_domain: %s\nsocket_path: %s\ndata_dir: %s\nadmin_listen: 127.0.0.1:0\naudit_log: %s\n%s",
+		td, filepath.Join(dir, "workload.sock"), filepath.Join(t.TempDir(), "data"), filepath.Join(dir, "audit.log"), entries)
 	cfg, err := config.Parse(filepath.Join(dir, "agent.yaml"), []byte(text))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, text)
@@ -83,6 +83,10 @@ func startAgent(t testing.TB, cfg *config.Agent) *running {
 		case <-time.After(10 * time.Second):
 			t.Error("agent did not stop")
 		}
+		// Keep the audit trail for the suite-wide secret sweep (TestMain).
+		if b, err := os.ReadFile(cfg.AuditLog); err == nil {
+			transcript.add(b)
+		}
 	})
 	waitFor(t, "agent ready", a.Ready)
 	return &running{agent: a, addr: "unix://" + cfg.SocketPath, cfg: cfg}
@@ -102,6 +106,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
+	transcript.add(p)
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
 }
@@ -127,6 +132,7 @@ func TestFetchX509SVIDWithGoSPIFFE(t *testing.T) {
 		t.Fatalf("got %d SVIDs, want 1", len(xc.SVIDs))
 	}
 	svid := xc.SVIDs[0]
+	noteKey(t, svid.PrivateKey)
 	if got := svid.ID.String(); got != "spiffe://example.org/web" {
 		t.Errorf("SPIFFE ID = %s", got)
 	}
@@ -205,6 +211,9 @@ func TestJWTSVIDFetchCacheValidate(t *testing.T) {
 	}
 	if len(svids) != 2 || svids[0].ID.Path() != "/api" || svids[1].ID.Path() != "/batch" {
 		t.Fatalf("got %v", svids)
+	}
+	for _, s := range svids {
+		transcript.noteSecret("JWT-SVID", s.Marshal())
 	}
 	// Same audience set in another order: served from the cache.
 	again, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "svc-b", ExtraAudiences: []string{"svc-a"}})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -24,11 +25,20 @@ var _ workloadapi.Backend = backend{}
 // Attest runs the attestors for the peer, then re-checks that the process
 // pinned by the pidfd at accept time is still alive: if it exited, its PID
 // may have been reused while /proc was read, so nothing read can be trusted.
-func (b backend) Attest(ctx context.Context, p *peercred.Info) ([]selector.Selector, error) {
+func (b backend) Attest(ctx context.Context, p *peercred.Info) (sels []selector.Selector, err error) {
+	if m := b.a.metrics; m != nil {
+		start := time.Now()
+		defer func() {
+			m.Attestation.Observe(time.Since(start).Seconds())
+			if err != nil {
+				m.AttestFailures.Inc()
+			}
+		}()
+	}
 	if err := p.CheckAlive(); err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
-	sels, err := AttestPID(ctx, b.a.attestors, p.PID, DefaultAttestTimeout)
+	sels, err = AttestPID(ctx, b.a.attestors, p.PID, DefaultAttestTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
@@ -69,6 +79,10 @@ func (b backend) X509(sels []selector.Selector) (*workloadapi.X509State, error) 
 			ChainDER: sv.ChainDER,
 			KeyDER:   sv.SVID.KeyDER,
 			Hint:     sv.Entry.Hint,
+
+			EntryID:   sv.Entry.ID,
+			Serial:    sv.Serial,
+			ExpiresAt: sv.SVID.Certificates[0].NotAfter,
 		}
 	}
 	return st, nil
@@ -110,7 +124,8 @@ func (b backend) JWTSVIDs(sels []selector.Selector, id string, audience []string
 	}
 	out := make([]workloadapi.JWTSVID, len(svids))
 	for i, sv := range svids {
-		out[i] = workloadapi.JWTSVID{SPIFFEID: sv.ID.String(), Token: sv.Token, Hint: sv.Hint}
+		out[i] = workloadapi.JWTSVID{SPIFFEID: sv.ID.String(), Token: sv.Token, Hint: sv.Hint,
+			EntryID: sv.EntryID, JTI: sv.JTI, ExpiresAt: sv.ExpiresAt}
 	}
 	return out, nil
 }

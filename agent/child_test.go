@@ -38,8 +38,21 @@ func TestMain(m *testing.M) {
 		childConnectAndWait()
 		return
 	}
-	// Every agent, stream and client a test starts must be gone when it ends.
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if code == 0 {
+		if err := transcript.sweep(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	if code == 0 {
+		// Every agent, stream and client a test starts must be gone when it ends.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // childFetch fetches an X.509-SVID and prints "ID <spiffe id>" or "ERR <grpc code>".

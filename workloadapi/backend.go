@@ -13,6 +13,7 @@ package workloadapi
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/nodeward/nodeward/attestors/selector"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
@@ -34,6 +35,10 @@ type X509SVID struct {
 	ChainDER []byte // leaf first, concatenated DER
 	KeyDER   []byte // PKCS#8
 	Hint     string
+	// For the audit trail.
+	EntryID   string
+	Serial    string
+	ExpiresAt time.Time
 }
 
 // X509State is the whole X.509 view of a caller at one moment.
@@ -49,6 +54,10 @@ type JWTSVID struct {
 	SPIFFEID string
 	Token    string
 	Hint     string
+	// For the audit trail.
+	EntryID   string
+	JTI       string
+	ExpiresAt time.Time
 }
 
 // Backend is the identity core as the server needs it. The agent implements it.
@@ -68,4 +77,17 @@ type Backend interface {
 	ValidateJWTSVID(token, audience string) (id string, claims map[string]any, err error)
 	// Changed returns a channel closed at the next change of anything a stream may have sent.
 	Changed() <-chan struct{}
+}
+
+// Observer receives the server's measurements (the agent feeds them to
+// Prometheus). Implementations must be fast and safe for concurrent use.
+type Observer interface {
+	// RPCDone is called once per finished RPC with its gRPC code.
+	RPCDone(rpc string, code string, d time.Duration)
+	// StreamOpen is called with +1 when a stream starts and -1 when it ends.
+	StreamOpen(rpc string, delta int)
+	// Issued counts SVIDs sent to workloads, by kind (x509, jwt).
+	Issued(kind string, n int)
+	// Denied counts refused requests by reason.
+	Denied(reason string)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/workloadapi/audit"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
@@ -35,12 +37,16 @@ type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 	backend Backend
 	log     *slog.Logger
+	obs     Observer
+	audit   *audit.Logger
 }
 
 // Config configures a Server.
 type Config struct {
-	Backend Backend
-	Logger  *slog.Logger
+	Backend  Backend
+	Logger   *slog.Logger
+	Observer Observer      // nil: no measurements
+	Audit    *audit.Logger // nil: no audit trail
 }
 
 // New returns a Server.
@@ -51,8 +57,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{backend: cfg.Backend, log: cfg.Logger}, nil
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	return &Server{backend: cfg.Backend, log: cfg.Logger, obs: cfg.Observer, audit: cfg.Audit}, nil
 }
+
+type nopObserver struct{}
+
+func (nopObserver) RPCDone(string, string, time.Duration) {}
+func (nopObserver) StreamOpen(string, int)                {}
+func (nopObserver) Issued(string, int)                    {}
+func (nopObserver) Denied(string)                         {}
 
 // GRPCServer returns a grpc.Server with the Workload API registered,
 // peer-credential transport credentials and the security-header check.
@@ -60,8 +76,8 @@ func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	opts = append([]grpc.ServerOption{
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
-		grpc.UnaryInterceptor(unaryHeaderCheck),
-		grpc.StreamInterceptor(streamHeaderCheck),
+		grpc.UnaryInterceptor(s.unaryInterceptor),
+		grpc.StreamInterceptor(s.streamInterceptor),
 	}, opts...)
 	g := grpc.NewServer(opts...)
 	workload.RegisterSpiffeWorkloadAPIServer(g, s)
@@ -95,67 +111,165 @@ func checkHeader(ctx context.Context) error {
 	return nil
 }
 
-func unaryHeaderCheck(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := checkHeader(ctx); err != nil {
-		return nil, err
+// rpcName turns "/SpiffeWorkloadAPI/FetchX509SVID" into "FetchX509SVID".
+func rpcName(full string) string {
+	for i := len(full) - 1; i >= 0; i-- {
+		if full[i] == '/' {
+			return full[i+1:]
+		}
 	}
-	return h(ctx, req)
+	return full
 }
 
-func streamHeaderCheck(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if err := checkHeader(ss.Context()); err != nil {
-		return err
+func (s *Server) headerDenied(ctx context.Context, rpc string) error {
+	err := checkHeader(ctx)
+	if err != nil {
+		s.obs.Denied("missing_header")
+		rec := audit.Record{Event: "deny", Decision: "deny", Reason: "missing_header", RPC: rpc}
+		if p, ok := peercred.FromContext(ctx); ok {
+			rec.Caller = &audit.Caller{PID: p.PID, UID: p.UID, GID: p.GID}
+		}
+		s.auditLog(rec)
 	}
-	return h(srv, ss)
+	return err
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	rpc := rpcName(info.FullMethod)
+	resp, err := func() (any, error) {
+		if err := s.headerDenied(ctx, rpc); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}()
+	s.obs.RPCDone(rpc, status.Code(err).String(), time.Since(start))
+	return resp, err
+}
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	start := time.Now()
+	rpc := rpcName(info.FullMethod)
+	err := s.headerDenied(ss.Context(), rpc)
+	if err == nil {
+		s.obs.StreamOpen(rpc, 1)
+		err = h(srv, ss)
+		s.obs.StreamOpen(rpc, -1)
+	}
+	s.obs.RPCDone(rpc, status.Code(err).String(), time.Since(start))
+	return err
+}
+
+func (s *Server) auditLog(r audit.Record) {
+	if err := s.audit.Log(r); err != nil {
+		s.log.Error("audit log write failed", "err", err)
+	}
+}
+
+// callerFor describes a caller for the audit trail from its peer
+// credentials and selectors.
+func callerFor(p *peercred.Info, sels []selector.Selector) *audit.Caller {
+	c := &audit.Caller{PID: p.PID, UID: p.UID, GID: p.GID}
+	for _, sel := range sels {
+		switch sel.Type + ":" + sel.Key {
+		case "unix:path":
+			c.Binary = sel.Value
+		case "cgroup:path":
+			c.Cgroup = sel.Value
+		case "systemd:unit":
+			c.SystemdUnit = sel.Value
+		case "container:id":
+			c.ContainerID = sel.Value
+		case "k8s:pod-uid":
+			c.PodUID = sel.Value
+		}
+	}
+	return c
+}
+
+// caller is an attested caller of one RPC.
+type caller struct {
+	sels  []selector.Selector
+	audit *audit.Caller
 }
 
 // attest identifies the caller of ctx, failing closed.
-func (s *Server) attest(ctx context.Context, rpc string) ([]selector.Selector, error) {
+func (s *Server) attest(ctx context.Context, rpc string) (*caller, error) {
 	p, ok := peercred.FromContext(ctx)
 	if !ok {
+		s.obs.Denied("no_peer_credentials")
 		return nil, status.Error(codes.Unauthenticated, "caller has no peer credentials")
 	}
 	sels, err := s.backend.Attest(ctx, p)
 	if err != nil {
+		s.obs.Denied("attestation_failed")
 		s.log.Warn("attestation failed", "rpc", rpc, "pid", p.PID, "uid", p.UID, "err", err)
+		s.auditLog(audit.Record{Event: "deny", Decision: "deny", Reason: "attestation_failed", RPC: rpc,
+			Caller: &audit.Caller{PID: p.PID, UID: p.UID, GID: p.GID}})
 		return nil, status.Error(codes.PermissionDenied, "caller could not be attested")
 	}
-	return sels, nil
+	return &caller{sels: sels, audit: callerFor(p, sels)}, nil
 }
 
-// toStatus maps backend errors to gRPC status errors at the API edge.
-func (s *Server) toStatus(rpc string, err error) error {
+// toStatus maps backend errors to gRPC status errors at the API edge, and
+// records denials.
+func (s *Server) toStatus(rpc string, c *caller, err error) error {
+	reason := ""
+	var st error
 	switch {
 	case errors.Is(err, ErrNoIdentity):
-		return status.Error(codes.PermissionDenied, "no identity issued")
+		reason, st = "no_identity", status.Error(codes.PermissionDenied, "no identity issued")
 	case errors.Is(err, ErrNotEntitled):
-		return status.Error(codes.PermissionDenied, "not entitled to the requested SPIFFE ID")
+		reason, st = "not_entitled", status.Error(codes.PermissionDenied, "not entitled to the requested SPIFFE ID")
 	case errors.Is(err, ErrInvalidToken):
 		return status.Error(codes.InvalidArgument, err.Error())
+	default:
+		s.log.Error("workload API request failed", "rpc", rpc, "err", err)
+		return status.Error(codes.Internal, "internal error")
 	}
-	s.log.Error("workload API request failed", "rpc", rpc, "err", err)
-	return status.Error(codes.Internal, "internal error")
+	s.obs.Denied(reason)
+	rec := audit.Record{Event: "deny", Decision: "deny", Reason: reason, RPC: rpc}
+	if c != nil {
+		rec.Caller = c.audit
+	}
+	s.auditLog(rec)
+	return st
 }
 
 // FetchX509SVID streams the caller's X.509-SVIDs: the full state at once, and
 // again whenever it changes.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
 	ctx := stream.Context()
-	sels, err := s.attest(ctx, "FetchX509SVID")
+	c, err := s.attest(ctx, "FetchX509SVID")
 	if err != nil {
 		return err
 	}
 	var last *workload.X509SVIDResponse
+	sentSerial := map[string]string{} // SPIFFE ID -> serial last sent
 	for {
 		changed := s.backend.Changed()
-		st, err := s.backend.X509(sels)
+		st, err := s.backend.X509(c.sels)
 		if err != nil {
-			return s.toStatus("FetchX509SVID", err)
+			return s.toStatus("FetchX509SVID", c, err)
 		}
-		resp := x509Response(st)
+		resp, kept := x509Response(st)
 		if last == nil || !sameX509(last, resp) {
 			if err := stream.Send(resp); err != nil {
 				return err
+			}
+			s.obs.Issued("x509", len(resp.Svids))
+			for _, sv := range kept {
+				if sentSerial[sv.SPIFFEID] == sv.Serial {
+					continue
+				}
+				reason := ""
+				if last != nil {
+					reason = "update"
+				}
+				sentSerial[sv.SPIFFEID] = sv.Serial
+				exp := sv.ExpiresAt
+				s.auditLog(audit.Record{Event: "issue", Decision: "allow", Reason: reason, Kind: "x509", RPC: "FetchX509SVID",
+					SPIFFEID: sv.SPIFFEID, Serial: sv.Serial, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit})
 			}
 			last = resp
 		}
@@ -167,11 +281,13 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 	}
 }
 
-func x509Response(st *X509State) *workload.X509SVIDResponse {
+// x509Response builds the response and returns the SVIDs it holds.
+func x509Response(st *X509State) (*workload.X509SVIDResponse, []X509SVID) {
 	resp := &workload.X509SVIDResponse{
 		Svids:            make([]*workload.X509SVID, 0, len(st.SVIDs)),
 		FederatedBundles: st.Federated,
 	}
+	kept := make([]X509SVID, 0, len(st.SVIDs))
 	hints := make(map[string]bool, len(st.SVIDs))
 	for _, sv := range st.SVIDs {
 		if sv.Hint != "" {
@@ -182,6 +298,7 @@ func x509Response(st *X509State) *workload.X509SVIDResponse {
 			}
 			hints[sv.Hint] = true
 		}
+		kept = append(kept, sv)
 		resp.Svids = append(resp.Svids, &workload.X509SVID{
 			SpiffeId:    sv.SPIFFEID,
 			X509Svid:    sv.ChainDER,
@@ -190,7 +307,7 @@ func x509Response(st *X509State) *workload.X509SVIDResponse {
 			Hint:        sv.Hint,
 		})
 	}
-	return resp
+	return resp, kept
 }
 
 func sameX509(a, b *workload.X509SVIDResponse) bool {
@@ -214,16 +331,16 @@ func sameX509(a, b *workload.X509SVIDResponse) bool {
 // FetchX509Bundles streams the X.509 bundles the caller may trust.
 func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
 	ctx := stream.Context()
-	sels, err := s.attest(ctx, "FetchX509Bundles")
+	c, err := s.attest(ctx, "FetchX509Bundles")
 	if err != nil {
 		return err
 	}
 	var last map[string][]byte
 	for {
 		changed := s.backend.Changed()
-		b, err := s.backend.X509Bundles(sels)
+		b, err := s.backend.X509Bundles(c.sels)
 		if err != nil {
-			return s.toStatus("FetchX509Bundles", err)
+			return s.toStatus("FetchX509Bundles", c, err)
 		}
 		if last == nil || !sameBundles(last, b) {
 			if err := stream.Send(&workload.X509BundlesResponse{Bundles: b}); err != nil {
@@ -242,16 +359,16 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workloa
 // FetchJWTBundles streams the JWT bundles (JWKS documents) the caller may trust.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
 	ctx := stream.Context()
-	sels, err := s.attest(ctx, "FetchJWTBundles")
+	c, err := s.attest(ctx, "FetchJWTBundles")
 	if err != nil {
 		return err
 	}
 	var last map[string][]byte
 	for {
 		changed := s.backend.Changed()
-		b, err := s.backend.JWTBundles(sels)
+		b, err := s.backend.JWTBundles(c.sels)
 		if err != nil {
-			return s.toStatus("FetchJWTBundles", err)
+			return s.toStatus("FetchJWTBundles", c, err)
 		}
 		if last == nil || !sameBundles(last, b) {
 			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: b}); err != nil {
@@ -308,13 +425,13 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
 		}
 	}
-	sels, err := s.attest(ctx, "FetchJWTSVID")
+	c, err := s.attest(ctx, "FetchJWTSVID")
 	if err != nil {
 		return nil, err
 	}
-	svids, err := s.backend.JWTSVIDs(sels, req.SpiffeId, req.Audience)
+	svids, err := s.backend.JWTSVIDs(c.sels, req.SpiffeId, req.Audience)
 	if err != nil {
-		return nil, s.toStatus("FetchJWTSVID", err)
+		return nil, s.toStatus("FetchJWTSVID", c, err)
 	}
 	resp := &workload.JWTSVIDResponse{Svids: make([]*workload.JWTSVID, 0, len(svids))}
 	hints := make(map[string]bool, len(svids))
@@ -326,7 +443,11 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 			hints[sv.Hint] = true
 		}
 		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: sv.SPIFFEID, Svid: sv.Token, Hint: sv.Hint})
+		exp := sv.ExpiresAt
+		s.auditLog(audit.Record{Event: "issue", Decision: "allow", Kind: "jwt", RPC: "FetchJWTSVID", SPIFFEID: sv.SPIFFEID,
+			Audience: req.Audience, JTI: sv.JTI, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit})
 	}
+	s.obs.Issued("jwt", len(resp.Svids))
 	return resp, nil
 }
 
@@ -343,16 +464,23 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	case len(req.Svid) > MaxTokenLen:
 		return nil, status.Errorf(codes.InvalidArgument, "svid is longer than %d bytes", MaxTokenLen)
 	}
-	if _, err := s.attest(ctx, "ValidateJWTSVID"); err != nil {
+	c, err := s.attest(ctx, "ValidateJWTSVID")
+	if err != nil {
 		return nil, err
 	}
 	id, claims, err := s.backend.ValidateJWTSVID(req.Svid, req.Audience)
 	if err != nil {
-		return nil, s.toStatus("ValidateJWTSVID", err)
+		// The reason comes from the validator and never holds the token.
+		s.auditLog(audit.Record{Event: "validate", Decision: "deny", Reason: err.Error(), Kind: "jwt", RPC: "ValidateJWTSVID",
+			Audience: []string{req.Audience}, Caller: c.audit})
+		return nil, s.toStatus("ValidateJWTSVID", c, err)
 	}
 	st, err := structpb.NewStruct(claims)
 	if err != nil {
-		return nil, s.toStatus("ValidateJWTSVID", fmt.Errorf("claims: %w", err))
+		return nil, s.toStatus("ValidateJWTSVID", c, fmt.Errorf("claims: %w", err))
 	}
+	jti, _ := claims["jti"].(string)
+	s.auditLog(audit.Record{Event: "validate", Decision: "allow", Kind: "jwt", RPC: "ValidateJWTSVID", SPIFFEID: id,
+		Audience: []string{req.Audience}, JTI: jti, Caller: c.audit})
 	return &workload.ValidateJWTSVIDResponse{SpiffeId: id, Claims: st}, nil
 }

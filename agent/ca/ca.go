@@ -19,6 +19,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -242,22 +243,36 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 	return &X509SVID{ID: id, Certificates: chain, PrivateKey: key, KeyDER: keyDER}, nil
 }
 
-// MintJWTSVID mints a JWT-SVID (compact JWS, ES256) for id and audience.
-func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (string, time.Time, error) {
+// JWT is a minted JWT-SVID.
+type JWT struct {
+	Token     string
+	ExpiresAt time.Time
+	// JTI is the token's unique id: it names the token in the audit trail.
+	JTI string
+}
+
+// MintJWTSVID mints a JWT-SVID (compact JWS, ES256) for id and audience,
+// with claims sub, aud, exp, iat and jti.
+func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (*JWT, error) {
 	if ttl <= 0 {
-		return "", time.Time{}, ErrBadTTL
+		return nil, ErrBadTTL
 	}
 	if id.IsZero() || id.TrustDomain() != c.td {
-		return "", time.Time{}, fmt.Errorf("%w: %q", ErrBadID, id.String())
+		return nil, fmt.Errorf("%w: %q", ErrBadID, id.String())
 	}
 	if len(audience) == 0 {
-		return "", time.Time{}, errors.New("mint JWT-SVID: audience required")
+		return nil, errors.New("mint JWT-SVID: audience required")
 	}
 	for _, a := range audience {
 		if a == "" {
-			return "", time.Time{}, errors.New("mint JWT-SVID: empty audience")
+			return nil, errors.New("mint JWT-SVID: empty audience")
 		}
 	}
+	var jtiRaw [16]byte
+	if _, err := rand.Read(jtiRaw[:]); err != nil {
+		return nil, fmt.Errorf("mint JWT-SVID: jti: %w", err)
+	}
+	jti := hex.EncodeToString(jtiRaw[:])
 	now := c.clock()
 	exp := now.Add(ttl).Truncate(time.Second)
 	payload, err := json.Marshal(struct {
@@ -265,9 +280,10 @@ func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (
 		Aud []string `json:"aud"`
 		Exp int64    `json:"exp"`
 		Iat int64    `json:"iat"`
-	}{id.String(), audience, exp.Unix(), now.Unix()})
+		JTI string   `json:"jti"`
+	}{id.String(), audience, exp.Unix(), now.Unix(), jti})
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("mint JWT-SVID: %w", err)
+		return nil, fmt.Errorf("mint JWT-SVID: %w", err)
 	}
 	enc := base64.RawURLEncoding
 	buf := make([]byte, 0, len(c.jwtHeader)+1+enc.EncodedLen(len(payload))+1+86)
@@ -277,12 +293,12 @@ func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (
 	digest := sha256.Sum256(buf)
 	r, s, err := ecdsa.Sign(rand.Reader, c.jwtKey, digest[:])
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("sign JWT-SVID: %w", err)
+		return nil, fmt.Errorf("sign JWT-SVID: %w", err)
 	}
 	var sig [64]byte
 	r.FillBytes(sig[:32])
 	s.FillBytes(sig[32:])
 	buf = append(buf, '.')
 	buf = enc.AppendEncode(buf, sig[:])
-	return string(buf), exp, nil
+	return &JWT{Token: string(buf), ExpiresAt: exp, JTI: jti}, nil
 }

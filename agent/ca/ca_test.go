@@ -92,7 +92,7 @@ func TestMintRefusesBadInput(t *testing.T) {
 	if _, err := c.MintX509SVID(spiffeid.RequireFromString("spiffe://example.org/x"), nil, 0); err == nil {
 		t.Error("zero ttl accepted")
 	}
-	if _, _, err := c.MintJWTSVID(spiffeid.RequireFromString("spiffe://example.org/x"), nil, time.Minute); err == nil {
+	if _, err := c.MintJWTSVID(spiffeid.RequireFromString("spiffe://example.org/x"), nil, time.Minute); err == nil {
 		t.Error("JWT without audience accepted")
 	}
 }
@@ -150,10 +150,11 @@ func TestJWTSVID(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := spiffeid.RequireFromString("spiffe://example.org/api")
-	tok, exp, err := c.MintJWTSVID(id, []string{"a", "b"}, 5*time.Minute)
+	j, err := c.MintJWTSVID(id, []string{"a", "b"}, 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
+	tok, exp := j.Token, j.ExpiresAt
 	if exp.Sub(now) > 5*time.Minute || exp.Sub(now) < 4*time.Minute {
 		t.Errorf("exp %v", exp)
 	}
@@ -161,7 +162,7 @@ func TestJWTSVID(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseAndValidate: %v", err)
 	}
-	if svid.ID != id || len(svid.Audience) != 2 {
+	if svid.ID != id || len(svid.Audience) != 2 || svid.Claims["jti"] != j.JTI || len(j.JTI) != 32 {
 		t.Errorf("svid %v %v", svid.ID, svid.Audience)
 	}
 	if _, err := jwtsvid.ParseAndValidate(tok, c.Bundle(), []string{"c"}); err == nil {
@@ -169,8 +170,8 @@ func TestJWTSVID(t *testing.T) {
 	}
 	// Expired token: minted two hours ago with a one-minute lifetime.
 	old, _ := LoadOrCreate(Config{TrustDomain: td, Dir: filepath.Join(t.TempDir(), "o"), Clock: func() time.Time { return now.Add(-2 * time.Hour) }})
-	expired, _, _ := old.MintJWTSVID(id, []string{"a"}, time.Minute)
-	if _, err := jwtsvid.ParseAndValidate(expired, old.Bundle(), []string{"a"}); err == nil {
+	expired, _ := old.MintJWTSVID(id, []string{"a"}, time.Minute)
+	if _, err := jwtsvid.ParseAndValidate(expired.Token, old.Bundle(), []string{"a"}); err == nil {
 		t.Error("expired token accepted")
 	}
 	// Header kid matches the JWKS.
@@ -202,7 +203,7 @@ func BenchmarkMintJWTSVID(b *testing.B) {
 	c := newCA(b, filepath.Join(b.TempDir(), "d"))
 	id := spiffeid.RequireFromString("spiffe://example.org/web")
 	for b.Loop() {
-		if _, _, err := c.MintJWTSVID(id, []string{"aud"}, time.Minute); err != nil {
+		if _, err := c.MintJWTSVID(id, []string{"aud"}, time.Minute); err != nil {
 			b.Fatal(err)
 		}
 	}

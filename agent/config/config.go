@@ -43,6 +43,9 @@ type Agent struct {
 	DataDir     string
 	AdminListen string
 	LogLevel    string
+	// AuditLog is where audit records go: "stdout" (default), "stderr",
+	// "off", or a file path (reopened on SIGUSR1).
+	AuditLog string
 	// MaxProcs caps the CPUs the agent's Go runtime uses (GOMAXPROCS).
 	// Default 1: the agent's per-request work is small and a single P avoids
 	// the scheduler's idle spinning, which costs more CPU per call than it
@@ -80,6 +83,7 @@ func Default() *Agent {
 		SocketPath:  DefaultSocketPath(),
 		DataDir:     DefaultDataDir(),
 		LogLevel:    "info",
+		AuditLog:    "stdout",
 		MaxProcs:    defaultMaxProcs(),
 	}
 }

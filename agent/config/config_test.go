@@ -54,6 +54,7 @@ func TestErrors(t *testing.T) {
 		{"no selectors", "entries:\n  - spiffe_id: spiffe://nodeward.local/a\n    selectors: []\n", `agent.yaml:3: entries[0].selectors: at least one selector is required`},
 		{"selectors missing", "entries:\n  - spiffe_id: spiffe://nodeward.local/a\n", `agent.yaml:2: entries[0].selectors: at least one selector is required`},
 		{"bad dns", "entries:\n  - spiffe_id: spiffe://nodeward.local/a\n    selectors: [unix:uid:1]\n    dns_names: [ok.example, -bad]\n", `agent.yaml:4: entries[0].dns_names[1]: invalid DNS name "-bad"`},
+		{"audit_log relative", "audit_log: audit.log\n", `agent.yaml:1: audit_log: want stdout, stderr, off or an absolute file path`},
 		{"max_procs negative", "max_procs: -2\n", `agent.yaml:1: max_procs: want an integer`},
 		{"max_procs string", "max_procs: many\n", `agent.yaml:1: max_procs: want an integer`},
 		{"log level", "log_level: loud\n", `agent.yaml:1: log_level: unknown level "loud"`},

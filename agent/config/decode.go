@@ -204,6 +204,16 @@ func Parse(name string, data []byte) (*Agent, error) {
 				}
 				return d.errf(v, "log_level", "unknown level %q (want debug, info, warn or error)", cfg.LogLevel)
 			},
+			"audit_log": func(_, v *yaml.Node) error {
+				if err := d.str(v, "audit_log", &cfg.AuditLog); err != nil {
+					return err
+				}
+				switch {
+				case cfg.AuditLog == "stdout", cfg.AuditLog == "stderr", cfg.AuditLog == "off", filepath.IsAbs(cfg.AuditLog):
+					return nil
+				}
+				return d.errf(v, "audit_log", "want stdout, stderr, off or an absolute file path, got %q", cfg.AuditLog)
+			},
 			"max_procs": func(_, v *yaml.Node) error {
 				n, err := strconv.Atoi(v.Value)
 				if v.Kind != yaml.ScalarNode || v.Tag != "!!int" || err != nil || n < 0 || n > 1024 {

@@ -49,7 +49,30 @@ type Config struct {
 	Clock func() time.Time
 	// JWTCacheSize bounds the JWT-SVID cache; default 10,000.
 	JWTCacheSize int
+	// Observer hears of mints, rotations and revocations; nil: nobody.
+	Observer Observer
 }
+
+// Observer hears what the store does, for metrics and the audit trail.
+// Calls are made with the store's lock held: they must be quick and must not
+// call back into the store.
+type Observer interface {
+	// X509Minted: an X.509-SVID was minted for e (rotation: it replaced one).
+	X509Minted(e *policy.Entry, sv *X509SVID, rotation bool)
+	// X509RotationFailed: re-minting failed; the old SVID keeps serving.
+	X509RotationFailed(e *policy.Entry, err error)
+	// JWTMinted: a JWT-SVID was minted (not served from the cache).
+	JWTMinted(e *policy.Entry, j *JWTSVID)
+	// Revoked: an entry left the policy (reload); its SVIDs are dropped.
+	Revoked(e *policy.Entry)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) X509Minted(*policy.Entry, *X509SVID, bool) {}
+func (nopObserver) X509RotationFailed(*policy.Entry, error)   {}
+func (nopObserver) JWTMinted(*policy.Entry, *JWTSVID)         {}
+func (nopObserver) Revoked(*policy.Entry)                     {}
 
 // X509SVID is a minted X.509-SVID held by the store, with the entry it was
 // minted for. Values are immutable; rotation replaces the pointer.
@@ -57,6 +80,7 @@ type X509SVID struct {
 	Entry    *policy.Entry
 	SVID     *ca.X509SVID
 	ChainDER []byte // concatenated DER of the chain, leaf first
+	Serial   string // hex serial of the leaf
 	// RotateAt is the jittered moment after which the SVID is re-minted.
 	RotateAt time.Time
 }
@@ -64,8 +88,10 @@ type X509SVID struct {
 // JWTSVID is a JWT-SVID for one SPIFFE ID and audience set.
 type JWTSVID struct {
 	ID        spiffeid.ID
+	EntryID   string
 	Hint      string
 	Token     string
+	JTI       string
 	ExpiresAt time.Time
 	refreshAt time.Time
 }
@@ -80,6 +106,7 @@ type Store struct {
 	ca    *ca.CA
 	log   *slog.Logger
 	clock func() time.Time
+	obs   Observer
 
 	mu      sync.RWMutex
 	index   *policy.Index
@@ -106,6 +133,9 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	if cfg.JWTCacheSize <= 0 {
 		cfg.JWTCacheSize = 10000
 	}
@@ -121,6 +151,7 @@ func New(cfg Config) (*Store, error) {
 		validated: vc,
 		ca:        cfg.CA,
 		log:       cfg.Logger,
+		obs:       cfg.Observer,
 		clock:     cfg.Clock,
 		index:     cfg.Index,
 		x509:      make(map[string]*X509SVID),
@@ -170,6 +201,11 @@ func (s *Store) SetIndex(ix *policy.Index) {
 		ids[e.SPIFFEID.String()] = true
 	}
 	s.mu.Lock()
+	for _, e := range s.index.Entries() {
+		if _, ok := keep[e.ID]; !ok {
+			s.obs.Revoked(e)
+		}
+	}
 	s.index = ix
 	for id, sv := range s.x509 {
 		if e, ok := keep[id]; !ok || !sameEntry(e, sv.Entry) {
@@ -227,7 +263,7 @@ func (s *Store) X509SVIDs(entries []*policy.Entry) ([]*X509SVID, error) {
 		sv, ok := s.x509[e.ID]
 		if !ok {
 			var err error
-			sv, err = s.mintLocked(e)
+			sv, err = s.mintLocked(e, false)
 			if err != nil {
 				return nil, err
 			}
@@ -244,7 +280,7 @@ func (s *Store) X509SVIDs(entries []*policy.Entry) ([]*X509SVID, error) {
 	return out, nil
 }
 
-func (s *Store) mintLocked(e *policy.Entry) (*X509SVID, error) {
+func (s *Store) mintLocked(e *policy.Entry, rotation bool) (*X509SVID, error) {
 	svid, err := s.ca.MintX509SVID(e.SPIFFEID, e.DNSNames, e.X509TTL)
 	if err != nil {
 		return nil, fmt.Errorf("mint X.509-SVID for entry %s: %w", e.ID, err)
@@ -265,10 +301,12 @@ func (s *Store) mintLocked(e *policy.Entry) (*X509SVID, error) {
 		SVID:     svid,
 		ChainDER: chain,
 		RotateAt: issued.Add(max(time.Duration(float64(life)*frac), minRotateAfter)),
+		Serial:   leaf.SerialNumber.Text(16),
 	}
 	s.x509[e.ID] = sv
+	s.obs.X509Minted(e, sv, rotation)
 	s.log.Debug("minted X.509-SVID", "spiffe_id", e.SPIFFEID.String(), "entry", e.ID,
-		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter, "rotate_at", sv.RotateAt)
+		"serial", sv.Serial, "expires", leaf.NotAfter, "rotate_at", sv.RotateAt)
 	return sv, nil
 }
 
@@ -309,8 +347,9 @@ func (s *Store) rotateDue() time.Time {
 	rotated := 0
 	for _, sv := range s.x509 {
 		if !now.Before(sv.RotateAt) {
-			nsv, err := s.mintLocked(sv.Entry)
+			nsv, err := s.mintLocked(sv.Entry, true)
 			if err != nil {
+				s.obs.X509RotationFailed(sv.Entry, err)
 				// Keep serving the old SVID; retry soon.
 				s.log.Error("rotation failed", "entry", sv.Entry.ID, "spiffe_id", sv.Entry.SPIFFEID.String(), "err", err)
 				retry := now.Add(5 * time.Second)
@@ -366,21 +405,22 @@ func (s *Store) jwtFor(e *policy.Entry, audience []string, audKey string) (*JWTS
 	k := jwtKey{id: e.SPIFFEID.String(), aud: audKey}
 	now := s.clock()
 	if j, ok := s.jwt.Get(k); ok && now.Before(j.refreshAt) {
-		if j.Hint == e.Hint {
+		if j.Hint == e.Hint && j.EntryID == e.ID {
 			return j, nil
 		}
 		cp := *j
-		cp.Hint = e.Hint
+		cp.Hint, cp.EntryID = e.Hint, e.ID
 		return &cp, nil
 	}
-	token, exp, err := s.ca.MintJWTSVID(e.SPIFFEID, audience, e.JWTTTL)
+	minted, err := s.ca.MintJWTSVID(e.SPIFFEID, audience, e.JWTTTL)
 	if err != nil {
 		return nil, fmt.Errorf("mint JWT-SVID for entry %s: %w", e.ID, err)
 	}
 	// Re-mint once half the lifetime is gone, so a returned token always has
 	// at least half its lifetime left.
-	j := &JWTSVID{ID: e.SPIFFEID, Hint: e.Hint, Token: token, ExpiresAt: exp,
-		refreshAt: now.Add(exp.Sub(now) / 2)}
+	j := &JWTSVID{ID: e.SPIFFEID, EntryID: e.ID, Hint: e.Hint, Token: minted.Token, JTI: minted.JTI,
+		ExpiresAt: minted.ExpiresAt, refreshAt: now.Add(minted.ExpiresAt.Sub(now) / 2)}
+	s.obs.JWTMinted(e, j)
 	s.jwt.Add(k, j)
 	return j, nil
 }

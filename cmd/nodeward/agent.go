@@ -45,22 +45,29 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	// SIGHUP reloads the config: a bad new config is logged and the old one keeps serving.
+	// SIGUSR1 reopens a file audit sink after log rotation.
 	hup := make(chan os.Signal, 1)
+	usr1 := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(hup)
+	defer signal.Stop(usr1)
 	go func() {
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-usr1:
+				if err := a.ReopenAudit(); err != nil {
+					log.Error("reopen audit log", "err", err)
+				}
 			case <-hup:
 				nc, err := loadConfig(*cfgPath)
-				if err == nil {
-					err = a.Reload(nc)
-				}
 				if err != nil {
-					log.Error("reload failed; keeping the running config", "err", err)
+					a.ReloadFailed(err)
+					continue
 				}
+				_ = a.Reload(nc) // a failure is recorded by Reload
 			}
 		}
 	}()

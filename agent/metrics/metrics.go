@@ -1,0 +1,98 @@
+// Package metrics holds the agent's Prometheus metrics, all prefixed
+// "nodeward_", on a registry of their own (served on the admin listener's
+// /metrics). docs/metrics.md lists each one with the SLI it serves.
+//
+// Security: labels are low-cardinality and never carry SPIFFE IDs, tokens or
+// selectors; per-workload detail belongs in the audit trail, not in metrics.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the agent's metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	RPCs           *prometheus.CounterVec   // rpc, code
+	RPCDuration    *prometheus.HistogramVec // rpc
+	OpenStreams    *prometheus.GaugeVec     // rpc
+	Issued         *prometheus.CounterVec   // kind
+	Denied         *prometheus.CounterVec   // reason
+	Attestation    prometheus.Histogram
+	AttestFailures prometheus.Counter
+	Minted         *prometheus.CounterVec // kind
+	Rotations      prometheus.Counter
+	RotationFails  prometheus.Counter
+	Revocations    prometheus.Counter
+	Reloads        *prometheus.CounterVec // result
+	AuditErrors    prometheus.Counter
+}
+
+// Buckets for local RPCs: 50 µs to ~400 ms.
+var latencyBuckets = prometheus.ExponentialBuckets(50e-6, 2, 14)
+
+// New registers the metrics on a fresh registry. entries and svids report
+// the policy size and the X.509-SVIDs held, read at scrape time.
+func New(entries, svids func() float64) *Metrics {
+	r := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	m := &Metrics{
+		Registry: r,
+		RPCs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_workload_api_requests_total", Help: "Workload API RPCs finished, by RPC and gRPC code.",
+		}, []string{"rpc", "code"}),
+		RPCDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "nodeward_workload_api_request_duration_seconds", Help: "Duration of unary Workload API RPCs, and of streams until they end.",
+			Buckets: latencyBuckets,
+		}, []string{"rpc"}),
+		OpenStreams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nodeward_workload_api_open_streams", Help: "Workload API streams open now, by RPC.",
+		}, []string{"rpc"}),
+		Issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_svids_issued_total", Help: "SVIDs sent to workloads, by kind (x509, jwt).",
+		}, []string{"kind"}),
+		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_requests_denied_total", Help: "Refused Workload API requests, by reason (no_identity, not_entitled, attestation_failed, missing_header, no_peer_credentials).",
+		}, []string{"reason"}),
+		Attestation: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "nodeward_attestation_duration_seconds", Help: "Duration of one caller's attestation (all attestors and the pidfd checks).",
+			Buckets: latencyBuckets,
+		}),
+		AttestFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodeward_attestation_failures_total", Help: "Attestations that failed (the caller was denied).",
+		}),
+		Minted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_svids_minted_total", Help: "SVIDs signed by the CA, by kind (x509, jwt); cache hits are not counted.",
+		}, []string{"kind"}),
+		Rotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodeward_x509_rotations_total", Help: "X.509-SVIDs re-minted before expiry.",
+		}),
+		RotationFails: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodeward_x509_rotation_failures_total", Help: "Failed X.509-SVID re-mints (the old SVID keeps serving; retried in 5 s).",
+		}),
+		Revocations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodeward_entries_revoked_total", Help: "Registration entries removed from the policy (reload or expiry).",
+		}),
+		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_config_reloads_total", Help: "Configuration reloads, by result (ok, error).",
+		}, []string{"result"}),
+		AuditErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodeward_audit_write_errors_total", Help: "Audit records that could not be written.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.RPCs, m.RPCDuration, m.OpenStreams, m.Issued, m.Denied, m.Attestation,
+		m.AttestFailures, m.Minted, m.Rotations, m.RotationFails, m.Revocations, m.Reloads, m.AuditErrors} {
+		f(c)
+	}
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nodeward_entries", Help: "Registration entries in the current policy.",
+	}, entries))
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nodeward_active_x509_svids", Help: "X.509-SVIDs held (one per entry in use), rotated before expiry.",
+	}, svids))
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/nodeward/nodeward/agent/identity"
+	"github.com/nodeward/nodeward/agent/metrics"
+	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/workloadapi"
+	"github.com/nodeward/nodeward/workloadapi/audit"
+)
+
+// observer feeds what the Workload API server and the identity store do to
+// the metrics and the audit trail.
+type observer struct {
+	m     *metrics.Metrics
+	audit *audit.Logger
+	log   *slog.Logger
+}
+
+var (
+	_ workloadapi.Observer = (*observer)(nil)
+	_ identity.Observer    = (*observer)(nil)
+)
+
+func (o *observer) RPCDone(rpc, code string, d time.Duration) {
+	o.m.RPCs.WithLabelValues(rpc, code).Inc()
+	o.m.RPCDuration.WithLabelValues(rpc).Observe(d.Seconds())
+}
+
+func (o *observer) StreamOpen(rpc string, delta int) {
+	o.m.OpenStreams.WithLabelValues(rpc).Add(float64(delta))
+}
+
+func (o *observer) Issued(kind string, n int) { o.m.Issued.WithLabelValues(kind).Add(float64(n)) }
+
+func (o *observer) Denied(reason string) { o.m.Denied.WithLabelValues(reason).Inc() }
+
+func (o *observer) record(r audit.Record) {
+	if err := o.audit.Log(r); err != nil {
+		o.m.AuditErrors.Inc()
+		o.log.Error("audit log write failed", "err", err)
+	}
+}
+
+func (o *observer) X509Minted(e *policy.Entry, sv *identity.X509SVID, rotation bool) {
+	o.m.Minted.WithLabelValues("x509").Inc()
+	ev := "mint"
+	if rotation {
+		ev = "rotate"
+		o.m.Rotations.Inc()
+	}
+	exp := sv.SVID.Certificates[0].NotAfter
+	o.record(audit.Record{Event: ev, Decision: "allow", Kind: "x509", SPIFFEID: e.SPIFFEID.String(),
+		Serial: sv.Serial, ExpiresAt: &exp, EntryID: e.ID})
+}
+
+func (o *observer) X509RotationFailed(e *policy.Entry, err error) {
+	o.m.RotationFails.Inc()
+	o.record(audit.Record{Event: "rotate", Decision: "deny", Reason: err.Error(), Kind: "x509",
+		SPIFFEID: e.SPIFFEID.String(), EntryID: e.ID})
+}
+
+func (o *observer) JWTMinted(*policy.Entry, *identity.JWTSVID) {
+	o.m.Minted.WithLabelValues("jwt").Inc()
+}
+
+func (o *observer) Revoked(e *policy.Entry) {
+	o.m.Revocations.Inc()
+	o.record(audit.Record{Event: "revoke", Decision: "deny", Reason: "entry removed from policy",
+		SPIFFEID: e.SPIFFEID.String(), EntryID: e.ID})
+}
