@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -206,7 +205,7 @@ func readAudit(t *testing.T, path string) []audit.Record {
 		out = append(out, rec)
 	}
 	if len(out) == 0 {
-		t.Fatal(fmt.Sprintf("no audit records in %s", path))
+		t.Fatalf("no audit records in %s", path)
 	}
 	return out
 }
