@@ -62,8 +62,8 @@ packages:
 # invoking user an identity. In another shell: ./bin/nodeward fetch x509
 run: build
 	@mkdir -p $(RUN_DIR)
-	@sed -e "s/@UID@/$$(id -u)/g" -e "s/@USER@/$$(id -un)/g" packaging/examples/agent-dev.yaml > $(RUN_DIR)/agent.yaml
-	@echo "config: $(RUN_DIR)/agent.yaml  (grants unix:uid:$$(id -u) spiffe://nodeward.local/user/$$(id -un))"
+	@sed -e "s/@UID@/$$(id -u)/g" -e "s/@USER@/$$(id -un)/g" -e "s|@BIN@|$(CURDIR)/$(BIN)|g" packaging/examples/agent-dev.yaml > $(RUN_DIR)/agent.yaml
+	@echo "config: $(RUN_DIR)/agent.yaml  (grants $(BIN) run by uid $$(id -u) the ID spiffe://nodeward.local/user/$$(id -un))"
 	./$(BIN) agent --config $(RUN_DIR)/agent.yaml
 
 clean:

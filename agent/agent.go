@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +67,7 @@ func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
-	ix, err := buildIndex(cfg)
+	ix, err := buildIndex(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -93,10 +94,36 @@ func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
 	return a, nil
 }
 
-// buildIndex turns the configured entries into a policy index.
-func buildIndex(cfg *config.Agent) (*policy.Index, error) {
-	entries := make([]*policy.Entry, 0, len(cfg.Entries))
-	for _, e := range cfg.Entries {
+// buildIndex turns the configured entries into a policy index, after the
+// guardrails: any error-level finding refuses the whole policy.
+func buildIndex(cfg *config.Agent, log *slog.Logger) (*policy.Index, error) {
+	entries := PolicyEntries(cfg.Entries)
+	findings := policy.Check(entries, CheckOptions(cfg, time.Now()))
+	var errs []string
+	for _, f := range findings {
+		if f.Severity == policy.SeverityError {
+			errs = append(errs, f.String())
+		} else if log != nil {
+			log.Warn("policy: "+f.Code, "entry", f.Pos, "spiffe_id", f.SPIFFEID, "finding", f.Message)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w:\n  %s", ErrPolicyRefused, strings.Join(errs, "\n  "))
+	}
+	ix, err := policy.NewIndex(entries)
+	if err != nil {
+		return nil, fmt.Errorf("entries: %w", err)
+	}
+	return ix, nil
+}
+
+// ErrPolicyRefused: the guardrails found errors in the entries.
+var ErrPolicyRefused = errors.New("policy refused by guardrails")
+
+// PolicyEntries converts configured entries to policy entries.
+func PolicyEntries(in []config.Entry) []*policy.Entry {
+	entries := make([]*policy.Entry, 0, len(in))
+	for _, e := range in {
 		entries = append(entries, &policy.Entry{
 			ID:        e.ID,
 			SPIFFEID:  e.ParsedID,
@@ -105,13 +132,27 @@ func buildIndex(cfg *config.Agent) (*policy.Index, error) {
 			JWTTTL:    time.Duration(e.JWTTTL),
 			DNSNames:  e.DNSNames,
 			Hint:      e.Hint,
+			Owner:     e.Owner,
+			ExpiresAt: e.Expires,
+			Pos:       e.Pos,
 		})
 	}
-	ix, err := policy.NewIndex(entries)
-	if err != nil {
-		return nil, fmt.Errorf("entries: %w", err)
+	return entries
+}
+
+// CheckOptions returns the guardrail settings of cfg.
+func CheckOptions(cfg *config.Agent, now time.Time) policy.CheckOptions {
+	opts := policy.CheckOptions{
+		MaxX509TTL:     time.Duration(cfg.Guardrails.MaxX509TTL),
+		MaxJWTTTL:      time.Duration(cfg.Guardrails.MaxJWTTTL),
+		RequireOwner:   cfg.Guardrails.RequireOwner,
+		RequireExpires: cfg.Guardrails.RequireExpires,
+		Now:            now,
 	}
-	return ix, nil
+	if td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain); err == nil {
+		opts.TrustDomain = td
+	}
+	return opts
 }
 
 // Store returns the identity store (for status and tests).
@@ -131,7 +172,7 @@ func (a *Agent) AdminAddr() string {
 // data_dir, admin_listen) are reported and left unchanged. On error the old
 // policy keeps serving.
 func (a *Agent) Reload(cfg *config.Agent) error {
-	ix, err := buildIndex(cfg)
+	ix, err := buildIndex(cfg, a.log)
 	if err != nil {
 		a.ReloadFailed(err)
 		return err

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -20,6 +21,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/agent/config"
+	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/attestors/selector"
 )
 
 const td = "example.org"
@@ -117,8 +120,21 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// selfEntry grants the test process (its uid and binary) an identity; a
+// bare uid would be refused as a broad selector when tests run as root.
 func selfEntry(id string, extra string) string {
-	return fmt.Sprintf("  - spiffe_id: spiffe://%s/%s\n    selectors: [unix:uid:%d]\n%s", td, id, os.Geteuid(), extra)
+	return fmt.Sprintf("  - spiffe_id: spiffe://%s/%s\n    selectors: [unix:uid:%d, \"unix:path:%s\"]\n%s", td, id, os.Geteuid(), selfExe(), extra)
+}
+
+func selfExe() string {
+	exe, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
+	if r, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = r
+	}
+	return exe
 }
 
 func TestFetchX509SVIDWithGoSPIFFE(t *testing.T) {
@@ -197,7 +213,7 @@ func TestOtherEntryDoesNotMatch(t *testing.T) {
 }
 
 func TestJWTSVIDFetchCacheValidate(t *testing.T) {
-	entries := "entries:\n" + selfEntry("api", "    jwt_ttl: 5m\n") + selfEntry("batch", "")
+	entries := "entries:\n" + selfEntry("api", "    jwt_ttl: 5m\n    hint: api\n") + selfEntry("batch", "    hint: batch\n")
 	r := startAgent(t, testConfig(t, entries))
 	ctx := ctxT(t)
 	c, err := workloadapi.New(ctx, workloadapi.WithAddr(r.addr))
@@ -293,8 +309,22 @@ func TestBadJWTRequests(t *testing.T) {
 }
 
 func TestHintsUniquePerResponse(t *testing.T) {
-	entries := "entries:\n" + selfEntry("a", "    hint: same\n") + selfEntry("b", "    hint: same\n") + selfEntry("c", "    hint: other\n")
-	r := startAgent(t, testConfig(t, entries))
+	// The guardrails refuse such a policy from config; the server must still
+	// keep hints unique if the index holds one (it is set directly here).
+	r := startAgent(t, testConfig(t, ""))
+	var entries []*policy.Entry
+	for _, e := range []struct{ path, hint string }{{"/a", "same"}, {"/b", "same"}, {"/c", "other"}} {
+		entries = append(entries, &policy.Entry{
+			SPIFFEID:  spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString(td), e.path),
+			Selectors: []selector.Selector{selector.New("unix", "uid", fmt.Sprint(os.Geteuid()))},
+			X509TTL:   time.Hour, JWTTTL: time.Minute, Hint: e.hint,
+		})
+	}
+	ix, err := policy.NewIndex(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.agent.Store().SetIndex(ix)
 	xc, err := workloadapi.FetchX509Context(ctxT(t), workloadapi.WithAddr(r.addr))
 	if err != nil {
 		t.Fatal(err)
@@ -441,5 +471,23 @@ func TestLiveSocketIsNotStolen(t *testing.T) {
 	err = a2.Run(ctxT(t))
 	if err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second agent on a live socket: %v", err)
+	}
+}
+
+func TestGuardrailsRefuseAtLoadAndReload(t *testing.T) {
+	broad := fmt.Sprintf("entries:\n  - spiffe_id: spiffe://%s/everyone\n    selectors: [unix:gid:0]\n", td)
+	if _, err := New(testConfig(t, broad), nil); !errors.Is(err, ErrPolicyRefused) || !strings.Contains(err.Error(), "broad-selectors") {
+		t.Fatalf("New with a broad entry: %v", err)
+	}
+	cfg := testConfig(t, "entries:\n"+selfEntry("keep", ""))
+	r := startAgent(t, cfg)
+	next := *cfg
+	next.Entries = testConfig(t, broad).Entries
+	if err := r.agent.Reload(&next); !errors.Is(err, ErrPolicyRefused) {
+		t.Fatalf("Reload with a broad entry: %v", err)
+	}
+	xc, err := workloadapi.FetchX509Context(ctxT(t), workloadapi.WithAddr(r.addr))
+	if err != nil || xc.SVIDs[0].ID.Path() != "/keep" {
+		t.Fatalf("after a refused reload: %v %v", xc, err)
 	}
 }

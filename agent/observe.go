@@ -66,8 +66,8 @@ func (o *observer) JWTMinted(*policy.Entry, *identity.JWTSVID) {
 	o.m.Minted.WithLabelValues("jwt").Inc()
 }
 
-func (o *observer) Revoked(e *policy.Entry) {
+func (o *observer) Revoked(e *policy.Entry, reason string) {
 	o.m.Revocations.Inc()
-	o.record(audit.Record{Event: "revoke", Decision: "deny", Reason: "entry removed from policy",
+	o.record(audit.Record{Event: "revoke", Decision: "deny", Reason: reason,
 		SPIFFEID: e.SPIFFEID.String(), EntryID: e.ID})
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"strings"
 	"sync"
@@ -43,7 +44,9 @@ func (l *secretLog) sweep() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	text := l.text.String()
-	if len(text) < 1000 || len(l.secrets) < 3 {
+	// With the whole suite run, an almost empty transcript means the sweep
+	// lost track of the logs; a -run subset may legitimately collect little.
+	if f := flag.Lookup("test.run"); (f == nil || f.Value.String() == "") && (len(text) < 1000 || len(l.secrets) < 3) {
 		return fmt.Errorf("secret sweep: only %d bytes of logs and %d secrets collected: the sweep would prove nothing", len(text), len(l.secrets))
 	}
 	for s, what := range l.secrets {

@@ -54,6 +54,7 @@ type Agent struct {
 	MaxProcs    int
 	Entries     []Entry
 	EntriesFile string
+	Guardrails  Guardrails
 	// Source is the file it came from ("" for the embedded default).
 	Source string
 }
@@ -67,12 +68,30 @@ type Entry struct {
 	JWTTTL    Duration
 	DNSNames  []string
 	Hint      string
+	// Owner names who is responsible for the entry (team, ticket).
+	Owner string
+	// Expires is when the entry stops issuing (zero: never).
+	Expires time.Time
 
 	// Filled by validation.
 	ParsedID        spiffeid.ID
 	ParsedSelectors []selector.Selector
 	// Pos is "file:line" of the entry.
 	Pos string
+}
+
+// Guardrails are the policy checks run at load time and by
+// `nodeward entries check` (see policy.Check).
+type Guardrails struct {
+	MaxX509TTL     Duration // default 720h
+	MaxJWTTTL      Duration // default 24h
+	RequireOwner   bool
+	RequireExpires bool
+}
+
+// DefaultGuardrails are the guardrails when the config has none.
+func DefaultGuardrails() Guardrails {
+	return Guardrails{MaxX509TTL: Duration(720 * time.Hour), MaxJWTTTL: Duration(24 * time.Hour)}
 }
 
 // Default returns the embedded default: trust domain nodeward.local, the
@@ -84,6 +103,7 @@ func Default() *Agent {
 		DataDir:     DefaultDataDir(),
 		LogLevel:    "info",
 		AuditLog:    "stdout",
+		Guardrails:  DefaultGuardrails(),
 		MaxProcs:    defaultMaxProcs(),
 	}
 }

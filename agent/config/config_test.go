@@ -137,3 +137,43 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestOwnerExpiresGuardrails(t *testing.T) {
+	cfg, err := Parse("agent.yaml", []byte(`guardrails:
+  max_x509_ttl: 24h
+  max_jwt_ttl: 10m
+  require_owner: true
+  require_expires: false
+entries:
+  - spiffe_id: spiffe://nodeward.local/a
+    selectors: [unix:uid:1]
+    owner: team-a
+    expires: 2027-03-01
+  - spiffe_id: spiffe://nodeward.local/b
+    selectors: [unix:uid:2]
+    expires: 2027-03-01T12:00:00Z
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := cfg.Guardrails
+	if time.Duration(g.MaxX509TTL) != 24*time.Hour || time.Duration(g.MaxJWTTTL) != 10*time.Minute || !g.RequireOwner || g.RequireExpires {
+		t.Errorf("guardrails = %+v", g)
+	}
+	a, b := cfg.Entries[0], cfg.Entries[1]
+	if a.Owner != "team-a" || !a.Expires.Equal(time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC)) || !b.Expires.Equal(time.Date(2027, 3, 1, 12, 0, 0, 0, time.UTC)) {
+		t.Errorf("entries = %+v %+v", a, b)
+	}
+	if d := DefaultGuardrails(); time.Duration(d.MaxX509TTL) != 720*time.Hour {
+		t.Errorf("default guardrails = %+v", d)
+	}
+	for in, want := range map[string]string{
+		"entries:\n  - spiffe_id: spiffe://nodeward.local/a\n    selectors: [unix:uid:1]\n    expires: next week\n": `agent.yaml:4: entries[0].expires: invalid date "next week"`,
+		"guardrails:\n  require_owner: yes please\n":                                                                `agent.yaml:2: guardrails.require_owner: want true or false`,
+		"guardrails:\n  max_ttl: 1h\n":                                                                              `agent.yaml:2: unknown key "max_ttl" in guardrails`,
+	} {
+		if _, err := Parse("agent.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want %q", err, want)
+		}
+	}
+}

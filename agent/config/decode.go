@@ -222,6 +222,7 @@ func Parse(name string, data []byte) (*Agent, error) {
 				cfg.MaxProcs = n
 				return nil
 			},
+			"guardrails":   func(_, v *yaml.Node) error { return d.guardrails(v, &cfg.Guardrails) },
 			"entries":      func(_, v *yaml.Node) error { entriesNode = v; return nil },
 			"entries_file": func(_, v *yaml.Node) error { return d.str(v, "entries_file", &cfg.EntriesFile) },
 		})
@@ -330,7 +331,21 @@ func (d decoder) entry(n *yaml.Node, field string, td spiffeid.TrustDomain) (Ent
 			}
 			return nil
 		},
-		"hint": func(_, v *yaml.Node) error { return d.str(v, field+".hint", &e.Hint) },
+		"hint":  func(_, v *yaml.Node) error { return d.str(v, field+".hint", &e.Hint) },
+		"owner": func(_, v *yaml.Node) error { return d.str(v, field+".owner", &e.Owner) },
+		"expires": func(_, v *yaml.Node) error {
+			var raw string
+			if err := d.str(v, field+".expires", &raw); err != nil {
+				return err
+			}
+			for _, layout := range []string{time.RFC3339, "2006-01-02"} {
+				if t, err := time.Parse(layout, raw); err == nil {
+					e.Expires = t
+					return nil
+				}
+			}
+			return d.errf(v, field+".expires", "invalid date %q: want YYYY-MM-DD or RFC 3339", raw)
+		},
 	})
 	if err != nil {
 		return e, err
@@ -377,4 +392,24 @@ func validDNSName(name string) bool {
 		}
 	}
 	return true
+}
+
+func (d decoder) boolean(v *yaml.Node, field string, dst *bool) error {
+	if v.Kind != yaml.ScalarNode || v.Tag != "!!bool" {
+		return d.errf(v, field, "want true or false")
+	}
+	*dst = v.Value == "true"
+	return nil
+}
+
+func (d decoder) guardrails(v *yaml.Node, g *Guardrails) error {
+	if v.Kind != yaml.MappingNode {
+		return d.errf(v, "guardrails", "want a mapping")
+	}
+	return d.fields(v, "guardrails", map[string]func(k, v *yaml.Node) error{
+		"max_x509_ttl":    func(_, v *yaml.Node) error { return d.duration(v, "guardrails.max_x509_ttl", &g.MaxX509TTL) },
+		"max_jwt_ttl":     func(_, v *yaml.Node) error { return d.duration(v, "guardrails.max_jwt_ttl", &g.MaxJWTTTL) },
+		"require_owner":   func(_, v *yaml.Node) error { return d.boolean(v, "guardrails.require_owner", &g.RequireOwner) },
+		"require_expires": func(_, v *yaml.Node) error { return d.boolean(v, "guardrails.require_expires", &g.RequireExpires) },
+	})
 }

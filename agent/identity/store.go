@@ -63,8 +63,9 @@ type Observer interface {
 	X509RotationFailed(e *policy.Entry, err error)
 	// JWTMinted: a JWT-SVID was minted (not served from the cache).
 	JWTMinted(e *policy.Entry, j *JWTSVID)
-	// Revoked: an entry left the policy (reload); its SVIDs are dropped.
-	Revoked(e *policy.Entry)
+	// Revoked: an entry left the policy (reason "removed") or passed its
+	// expiry ("expired"); its SVIDs are dropped.
+	Revoked(e *policy.Entry, reason string)
 }
 
 type nopObserver struct{}
@@ -72,7 +73,7 @@ type nopObserver struct{}
 func (nopObserver) X509Minted(*policy.Entry, *X509SVID, bool) {}
 func (nopObserver) X509RotationFailed(*policy.Entry, error)   {}
 func (nopObserver) JWTMinted(*policy.Entry, *JWTSVID)         {}
-func (nopObserver) Revoked(*policy.Entry)                     {}
+func (nopObserver) Revoked(*policy.Entry, string)             {}
 
 // X509SVID is a minted X.509-SVID held by the store, with the entry it was
 // minted for. Values are immutable; rotation replaces the pointer.
@@ -113,7 +114,8 @@ type Store struct {
 	x509    map[string]*X509SVID // by entry ID
 	changed chan struct{}        // closed and replaced on every change
 	version uint64
-	wake    chan struct{} // nudges the rotation loop
+	wake    chan struct{}   // nudges the rotation loop
+	expired map[string]bool // entry IDs whose expiry was already handled
 
 	jwt       *lru.Cache[jwtKey, *JWTSVID]
 	validated *lru.Cache[[32]byte, *jwtsvid.SVID]
@@ -157,6 +159,7 @@ func New(cfg Config) (*Store, error) {
 		x509:      make(map[string]*X509SVID),
 		changed:   make(chan struct{}),
 		wake:      make(chan struct{}, 1),
+		expired:   make(map[string]bool),
 		jwt:       jc,
 	}, nil
 }
@@ -203,7 +206,7 @@ func (s *Store) SetIndex(ix *policy.Index) {
 	s.mu.Lock()
 	for _, e := range s.index.Entries() {
 		if _, ok := keep[e.ID]; !ok {
-			s.obs.Revoked(e)
+			s.obs.Revoked(e, "removed")
 		}
 	}
 	s.index = ix
@@ -212,8 +215,13 @@ func (s *Store) SetIndex(ix *policy.Index) {
 			delete(s.x509, id)
 		}
 	}
+	clear(s.expired)
 	s.notifyLocked()
 	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 	for _, k := range s.jwt.Keys() {
 		if !ids[k.id] {
 			s.jwt.Remove(k)
@@ -230,10 +238,17 @@ func sameEntry(e, old *policy.Entry) bool {
 // Match returns the entries the selectors grant, or ErrNoIdentity.
 func (s *Store) Match(sels []selector.Selector) ([]*policy.Entry, error) {
 	entries := s.Index().Match(sels)
-	if len(entries) == 0 {
+	now := s.clock()
+	live := entries[:0:0]
+	for _, e := range entries {
+		if !e.Expired(now) {
+			live = append(live, e)
+		}
+	}
+	if len(live) == 0 {
 		return nil, ErrNoIdentity
 	}
-	return entries, nil
+	return live, nil
 }
 
 // X509SVIDs returns the X.509-SVIDs for the given entries, minting those not
@@ -317,6 +332,9 @@ func (s *Store) Run(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		next := s.rotateDue()
+		if exp := s.expireDue(); !exp.IsZero() && (next.IsZero() || exp.Before(next)) {
+			next = exp
+		}
 		d := time.Hour
 		if !next.IsZero() {
 			d = max(next.Sub(s.clock()), 0)
@@ -367,6 +385,38 @@ func (s *Store) rotateDue() time.Time {
 	}
 	if rotated > 0 {
 		s.log.Info("rotated X.509-SVIDs", "count", rotated)
+		s.notifyLocked()
+	}
+	return next
+}
+
+// expireDue handles entries that passed their expiry since the last call:
+// their SVIDs are dropped, the observer hears of it and watchers are
+// notified (Match already refuses expired entries). It returns the next
+// expiry to come (zero when none).
+func (s *Store) expireDue() time.Time {
+	now := s.clock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var next time.Time
+	changed := false
+	for _, e := range s.index.Entries() {
+		if e.ExpiresAt.IsZero() || s.expired[e.ID] {
+			continue
+		}
+		if e.Expired(now) {
+			s.expired[e.ID] = true
+			delete(s.x509, e.ID)
+			s.obs.Revoked(e, "expired")
+			s.log.Warn("entry expired: no longer issuing", "entry", e.ID, "spiffe_id", e.SPIFFEID.String(), "expired_at", e.ExpiresAt)
+			changed = true
+			continue
+		}
+		if next.IsZero() || e.ExpiresAt.Before(next) {
+			next = e.ExpiresAt
+		}
+	}
+	if changed {
 		s.notifyLocked()
 	}
 	return next

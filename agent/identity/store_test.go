@@ -190,3 +190,52 @@ func TestValidateCacheStillChecksAudienceAndExpiry(t *testing.T) {
 		t.Fatalf("expired cached token: %v", err)
 	}
 }
+
+// recordingObserver records revocations (a test double for metrics/audit).
+type recordingObserver struct {
+	nopObserver
+	revoked []string
+}
+
+func (r *recordingObserver) Revoked(e *policy.Entry, reason string) {
+	r.revoked = append(r.revoked, e.SPIFFEID.Path()+":"+reason)
+}
+
+func TestExpiredEntryStopsIssuing(t *testing.T) {
+	now := time.Now()
+	e := entry("/temp", "unix:uid:1", time.Hour)
+	e.ExpiresAt = now.Add(time.Minute)
+	s := newStore(t, e)
+	obs := &recordingObserver{}
+	s.obs = obs
+	s.clock = func() time.Time { return now }
+	caller := []selector.Selector{selector.MustParse("unix:uid:1")}
+	es, err := s.Match(caller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.X509SVIDs(es); err != nil {
+		t.Fatal(err)
+	}
+	if next := s.expireDue(); !next.Equal(e.ExpiresAt) {
+		t.Fatalf("next expiry %v, want %v", next, e.ExpiresAt)
+	}
+	ch, _ := s.Changed()
+	now = e.ExpiresAt
+	if _, err := s.Match(caller); err != ErrNoIdentity {
+		t.Fatalf("expired entry still matches: %v", err)
+	}
+	s.expireDue()
+	select {
+	case <-ch:
+	default:
+		t.Fatal("expiry did not notify watchers")
+	}
+	if st := s.Stats(); st.X509SVIDs != 0 {
+		t.Fatalf("SVID of an expired entry kept: %+v", st)
+	}
+	s.expireDue() // reported once only
+	if strings.Join(obs.revoked, ",") != "/temp:expired" {
+		t.Fatalf("revocations = %v", obs.revoked)
+	}
+}

@@ -37,6 +37,15 @@ type Entry struct {
 	JWTTTL    time.Duration
 	DNSNames  []string
 	Hint      string
+	Owner     string
+	ExpiresAt time.Time // zero: never
+	// Pos is where the entry was configured ("file:line"), for messages.
+	Pos string
+}
+
+// Expired reports whether the entry has passed its expiry at now.
+func (e *Entry) Expired(now time.Time) bool {
+	return !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)
 }
 
 // EntryID derives a stable id from the SPIFFE ID and the sorted selectors.

@@ -35,6 +35,7 @@ func commands() []command {
 		{"fetch", "fetch x509|jwt|bundles [flags]  fetch SVIDs or bundles from the agent", runFetch},
 		{"validate", "validate --audience A TOKEN     validate a JWT-SVID through the agent", runValidate},
 		{"attest", "attest --pid PID [--json]        print the selectors the agent derives for a process", runAttest},
+		{"entries", "entries check FILE                check registration entries against the guardrails (exit 0 ok, 1 findings, 2 unreadable)", runEntries},
 		{"healthcheck", "healthcheck [--socket S]        exit 0 when the agent answers", runHealthcheck},
 		{"version", "version                         print the version", runVersion},
 	}
@@ -73,6 +74,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		case errors.Is(err, flag.ErrHelp):
 			return 0
+		case errors.Is(err, errFindings):
+			return 1
+		case errors.Is(err, errUnreadable):
+			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
+			return 2
 		case errors.Is(err, errUsage):
 			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
 			return 2

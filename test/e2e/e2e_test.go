@@ -5,6 +5,7 @@ package e2e
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -34,8 +35,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// selfEntries grants the nodeward CLI binary, run by this uid, an identity.
 func selfEntries() string {
-	return fmt.Sprintf("entries:\n  - spiffe_id: spiffe://example.org/cli\n    selectors: [unix:uid:%d]\n    dns_names: [cli.internal]\n", os.Geteuid())
+	return fmt.Sprintf("entries:\n  - spiffe_id: spiffe://example.org/cli\n    selectors: [unix:uid:%d, \"unix:path:%s\"]\n    dns_names: [cli.internal]\n", os.Geteuid(), bin)
 }
 
 func TestCLIFetchValidateHealthcheck(t *testing.T) {
@@ -218,5 +220,50 @@ func TestAttestCommand(t *testing.T) {
 	_, _, code = testutil.Run(t, bin, nil, "attest", "--pid", "999999999")
 	if code != 1 {
 		t.Errorf("attest of a missing pid: code %d, want 1", code)
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestEntriesCheckGolden(t *testing.T) {
+	tests := []struct {
+		file, golden string
+		args         []string
+		code         int
+	}{
+		{"testdata/entries-bad.yaml", "testdata/entries-bad.golden", []string{"--trust-domain", "example.org"}, 1},
+		{"testdata/entries-good.yaml", "testdata/entries-good.golden", nil, 0},
+	}
+	for _, tt := range tests {
+		args := append(append([]string{"entries", "check"}, tt.args...), tt.file)
+		out, errOut, code := testutil.Run(t, bin, nil, args...)
+		if code != tt.code {
+			t.Errorf("%s: exit %d, want %d (%s)", tt.file, code, tt.code, errOut)
+		}
+		if *update {
+			if err := os.WriteFile(tt.golden, []byte(out), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(tt.golden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != string(want) {
+			t.Errorf("%s: output differs from %s (go test ./test/e2e -run Golden -update):\n got:\n%s\nwant:\n%s", tt.file, tt.golden, out, want)
+		}
+	}
+	_, _, code := testutil.Run(t, bin, nil, "entries", "check", "testdata/missing.yaml")
+	if code != 2 {
+		t.Errorf("unreadable file: exit %d, want 2", code)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("entries:\n  - spiffe_id: spiffe://example.org/x\n    selectors: [nope]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := testutil.Run(t, bin, nil, "entries", "check", bad)
+	if code != 2 || !strings.Contains(errOut, "bad.yaml:3") {
+		t.Errorf("malformed file: exit %d (%s), want 2 naming bad.yaml:3", code, errOut)
 	}
 }
