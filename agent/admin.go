@@ -12,8 +12,8 @@ import (
 )
 
 // serveAdmin serves /healthz (the process is alive), /readyz (the CA is
-// loaded and the Workload API socket serves) and /metrics (Prometheus) on l
-// until ctx is done.
+// loaded and the Workload API socket serves), /metrics (Prometheus) and
+// /v1/status (JSON for `nodeward status`) on l until ctx is done.
 func (a *Agent) serveAdmin(ctx context.Context, l net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -30,6 +30,7 @@ func (a *Agent) serveAdmin(ctx context.Context, l net.Listener) error {
 		st := a.store.Stats()
 		_, _ = fmt.Fprintf(w, "ready\nentries %d\nx509_svids %d\n", st.Entries, st.X509SVIDs)
 	})
+	mux.HandleFunc("GET /v1/status", a.serveStatus)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

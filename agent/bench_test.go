@@ -63,3 +63,37 @@ func BenchmarkAttestPID(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 }
+
+// BenchmarkTimeToRevoke measures from Reload without the caller's entry to
+// the open go-spiffe stream's PermissionDenied.
+func BenchmarkTimeToRevoke(b *testing.B) {
+	cfg := testConfig(b, "entries:\n"+selfEntry("revoked", ""))
+	r := startAgent(b, cfg)
+	none := *cfg
+	none.Entries = nil
+	var total time.Duration
+	for b.Loop() {
+		if err := r.agent.Reload(cfg); err != nil {
+			b.Fatal(err)
+		}
+		w := &watcher{updates: make(chan *workloadapi.X509Context, 16), errs: make(chan error, 16)}
+		ctx, cancel := context.WithCancel(context.Background())
+		c, err := workloadapi.New(ctx, workloadapi.WithAddr(r.addr))
+		if err != nil {
+			b.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); _ = c.WatchX509Context(ctx, w) }()
+		<-w.updates
+		start := time.Now()
+		if err := r.agent.Reload(&none); err != nil {
+			b.Fatal(err)
+		}
+		<-w.errs
+		total += time.Since(start)
+		cancel()
+		<-done
+		_ = c.Close()
+	}
+	b.ReportMetric(float64(total.Microseconds())/float64(b.N), "µs-to-revoke")
+}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nodeward/nodeward/agent/identity"
@@ -17,6 +18,9 @@ type observer struct {
 	m     *metrics.Metrics
 	audit *audit.Logger
 	log   *slog.Logger
+
+	mu      sync.Mutex
+	streams map[string]int // open streams by RPC, for status
 }
 
 var (
@@ -31,6 +35,23 @@ func (o *observer) RPCDone(rpc, code string, d time.Duration) {
 
 func (o *observer) StreamOpen(rpc string, delta int) {
 	o.m.OpenStreams.WithLabelValues(rpc).Add(float64(delta))
+	o.mu.Lock()
+	if o.streams == nil {
+		o.streams = map[string]int{}
+	}
+	o.streams[rpc] += delta
+	o.mu.Unlock()
+}
+
+// openStreams returns a copy of the open stream counts.
+func (o *observer) openStreams() map[string]int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make(map[string]int, len(o.streams))
+	for k, v := range o.streams {
+		out[k] = v
+	}
+	return out
 }
 
 func (o *observer) Issued(kind string, n int) { o.m.Issued.WithLabelValues(kind).Add(float64(n)) }

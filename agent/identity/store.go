@@ -500,6 +500,17 @@ func (s *Store) ValidateJWTSVID(token, audience string) (*jwtsvid.SVID, error) {
 	return svid, nil
 }
 
+// X509Snapshot returns the X.509-SVIDs held now.
+func (s *Store) X509Snapshot() []*X509SVID {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*X509SVID, 0, len(s.x509))
+	for _, sv := range s.x509 {
+		out = append(out, sv)
+	}
+	return out
+}
+
 // Stats is a snapshot for status and readiness.
 type Stats struct {
 	Entries   int

@@ -4,9 +4,11 @@ package e2e
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -265,5 +267,46 @@ func TestEntriesCheckGolden(t *testing.T) {
 	_, errOut, code := testutil.Run(t, bin, nil, "entries", "check", bad)
 	if code != 2 || !strings.Contains(errOut, "bad.yaml:3") {
 		t.Errorf("malformed file: exit %d (%s), want 2 naming bad.yaml:3", code, errOut)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestStatusCommand(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	admin := freePort(t)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", "admin_listen: "+admin+"\n"+selfEntries())
+	testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	if _, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock); code != 0 {
+		t.Fatal(errOut)
+	}
+	out, errOut, code := testutil.Run(t, bin, nil, "status", "--admin", admin)
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, errOut)
+	}
+	for _, want := range []string{"trust domain: example.org", "ready:        true", "spiffe://example.org/cli", "IDENTITY", "ENTRY"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code = testutil.Run(t, bin, nil, "status", "--admin", admin, "--json")
+	var st struct {
+		Entries    []map[string]any `json:"entries"`
+		Identities []map[string]any `json:"identities"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st.Entries) != 1 || len(st.Identities) != 1 {
+		t.Fatalf("status --json: %d %v %s", code, err, out)
+	}
+	if _, _, code := testutil.Run(t, bin, nil, "status", "--admin", freePort(t)); code != 1 {
+		t.Errorf("status with no agent: exit %d, want 1", code)
 	}
 }

@@ -74,13 +74,14 @@ func (a *Agent) Log() string {
 	return a.log.String()
 }
 
-// WriteConfig writes an agent config into dir with the given entries YAML
-// and returns its path and the socket path.
+// WriteConfig writes an agent config into dir with the given extra YAML
+// (entries and other top-level keys) and returns its path and the socket
+// path. The audit trail goes to dir/audit.log.
 func WriteConfig(t testing.TB, dir, trustDomain, entries string) (cfgPath, sock string) {
 	t.Helper()
 	sock = filepath.Join(dir, "workload.sock")
-	cfg := fmt.Sprintf("trust_domain: %s\nsocket_path: %s\ndata_dir: %s\nlog_level: debug\n%s",
-		trustDomain, sock, filepath.Join(dir, "data"), entries)
+	cfg := fmt.Sprintf("trust_domain: %s\nsocket_path: %s\ndata_dir: %s\nlog_level: debug\naudit_log: %s\n%s",
+		trustDomain, sock, filepath.Join(dir, "data"), filepath.Join(dir, "audit.log"), entries)
 	cfgPath = filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"cmp"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/nodeward/nodeward/attestors/selector"
+)
+
+// Status is the agent's state as `nodeward status` shows it (GET /v1/status
+// on the admin listener). It holds no key material.
+type Status struct {
+	TrustDomain string           `json:"trust_domain"`
+	Ready       bool             `json:"ready"`
+	Uptime      string           `json:"uptime"`
+	Socket      string           `json:"socket"`
+	Entries     []EntryStatus    `json:"entries"`
+	Identities  []IdentityStatus `json:"identities"`
+	Streams     map[string]int   `json:"open_streams"`
+	JWTCache    int              `json:"jwt_svids_cached"`
+}
+
+// EntryStatus is one registration entry.
+type EntryStatus struct {
+	ID        string     `json:"id"`
+	SPIFFEID  string     `json:"spiffe_id"`
+	Selectors []string   `json:"selectors"`
+	Hint      string     `json:"hint,omitempty"`
+	Owner     string     `json:"owner,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Expired   bool       `json:"expired,omitempty"`
+	Pos       string     `json:"configured_at,omitempty"`
+}
+
+// IdentityStatus is one X.509-SVID the agent holds.
+type IdentityStatus struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	EntryID   string    `json:"entry_id"`
+	Serial    string    `json:"serial"`
+	ExpiresAt time.Time `json:"expires_at"`
+	RotateAt  time.Time `json:"rotate_at"`
+}
+
+// Status returns a snapshot of the agent's state.
+func (a *Agent) Status() Status {
+	now := time.Now()
+	st := Status{
+		TrustDomain: a.ca.TrustDomain().Name(),
+		Ready:       a.Ready(),
+		Uptime:      now.Sub(a.started).Round(time.Second).String(),
+		Socket:      a.cfg.SocketPath,
+		Entries:     []EntryStatus{},
+		Identities:  []IdentityStatus{},
+		Streams:     a.obs.openStreams(),
+		JWTCache:    a.store.Stats().JWTSVIDs,
+	}
+	for _, e := range a.store.Index().Entries() {
+		es := EntryStatus{ID: e.ID, SPIFFEID: e.SPIFFEID.String(), Selectors: selector.Strings(e.Selectors),
+			Hint: e.Hint, Owner: e.Owner, Expired: e.Expired(now), Pos: e.Pos}
+		if !e.ExpiresAt.IsZero() {
+			t := e.ExpiresAt
+			es.ExpiresAt = &t
+		}
+		st.Entries = append(st.Entries, es)
+	}
+	for _, sv := range a.store.X509Snapshot() {
+		st.Identities = append(st.Identities, IdentityStatus{SPIFFEID: sv.Entry.SPIFFEID.String(), EntryID: sv.Entry.ID,
+			Serial: sv.Serial, ExpiresAt: sv.SVID.Certificates[0].NotAfter, RotateAt: sv.RotateAt})
+	}
+	slices.SortFunc(st.Identities, func(x, y IdentityStatus) int { return cmp.Compare(x.SPIFFEID, y.SPIFFEID) })
+	return st
+}
+
+func (a *Agent) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(a.Status())
+}
