@@ -21,6 +21,9 @@ type stubAttestor struct {
 
 func (s stubAttestor) Name() string { return s.name }
 
+// MayBlock puts blocking stubs on the concurrent path.
+func (s stubAttestor) MayBlock() bool { return s.block }
+
 func (s stubAttestor) Attest(ctx context.Context, _ int32) ([]selector.Selector, error) {
 	if s.block {
 		<-ctx.Done()
@@ -53,5 +56,36 @@ func TestAttestPIDFailsClosed(t *testing.T) {
 	}
 	if sels != nil || time.Since(start) > 5*time.Second {
 		t.Fatalf("slow attestor: sels=%v after %v", sels, time.Since(start))
+	}
+}
+
+// Blocking attestors run concurrently: two that each wait for the other's
+// start can only finish if they overlap.
+func TestAttestPIDRunsBlockingAttestorsConcurrently(t *testing.T) {
+	a, b := make(chan struct{}), make(chan struct{})
+	x := rendezvous{name: "x", mine: a, theirs: b}
+	y := rendezvous{name: "y", mine: b, theirs: a}
+	w := newWorkers(2)
+	defer w.stop()
+	sels, err := attestPID(context.Background(), []WorkloadAttestor{x, y}, 1, 5*time.Second, w)
+	if err != nil || len(sels) != 2 {
+		t.Fatalf("got %v %v", sels, err)
+	}
+}
+
+type rendezvous struct {
+	name         string
+	mine, theirs chan struct{}
+}
+
+func (r rendezvous) Name() string   { return r.name }
+func (r rendezvous) MayBlock() bool { return true }
+func (r rendezvous) Attest(ctx context.Context, _ int32) ([]selector.Selector, error) {
+	close(r.mine)
+	select {
+	case <-r.theirs:
+		return []selector.Selector{selector.New("test", "name", r.name)}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }

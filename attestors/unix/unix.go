@@ -106,6 +106,10 @@ func (a *Attestor) Name() string { return Type }
 // when no entry uses unix:sha256, so binaries are not hashed for nothing.
 func (a *Attestor) SetHashing(on bool) { a.hashing.Store(on) }
 
+// MayBlock reports whether Attest can take long: only while hashing is on
+// (a binary not yet in the hash cache is read in full).
+func (a *Attestor) MayBlock() bool { return a.hashing.Load() }
+
 // Attest returns the selectors of process pid, sorted.
 func (a *Attestor) Attest(ctx context.Context, pid int32) ([]selector.Selector, error) {
 	dir := filepath.Join(a.cfg.ProcRoot, strconv.Itoa(int(pid)))
