@@ -64,7 +64,7 @@ func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
 	}
-	c, err := ca.LoadOrCreate(ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log})
+	c, err := ca.LoadOrCreate(ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log, JWTIssuer: cfg.JWTIssuer})
 	if err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -492,5 +493,35 @@ func TestGuardrailsRefuseAtLoadAndReload(t *testing.T) {
 	xc, err := workloadapi.FetchX509Context(ctxT(t), workloadapi.WithAddr(r.addr))
 	if err != nil || xc.SVIDs[0].ID.Path() != "/keep" {
 		t.Fatalf("after a refused reload: %v %v", xc, err)
+	}
+}
+
+func TestOIDCDiscoveryAndIssuer(t *testing.T) {
+	cfg := testConfig(t, "jwt_issuer: https://oidc.example.org\nentries:\n"+selfEntry("api", ""))
+	r := startAgent(t, cfg)
+	base := "http://" + r.agent.AdminAddr()
+	code, body := httpGet(t, base+"/.well-known/openid-configuration")
+	var disc map[string]any
+	if err := json.Unmarshal([]byte(body), &disc); code != 200 || err != nil {
+		t.Fatalf("discovery: %d %v %s", code, err, body)
+	}
+	if disc["issuer"] != "https://oidc.example.org" || disc["jwks_uri"] != "https://oidc.example.org/keys" {
+		t.Errorf("discovery = %v", disc)
+	}
+	code, body = httpGet(t, base+"/keys")
+	var jwks struct {
+		Keys []map[string]string `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(body), &jwks); code != 200 || err != nil || len(jwks.Keys) != 1 ||
+		jwks.Keys[0]["use"] != "sig" || jwks.Keys[0]["alg"] != "ES256" || jwks.Keys[0]["kid"] == "" {
+		t.Fatalf("keys: %d %v %s", code, err, body)
+	}
+	tok, err := workloadapi.FetchJWTSVID(ctxT(t), jwtsvid.Params{Audience: "idp"}, workloadapi.WithAddr(r.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	transcript.noteSecret("JWT-SVID", tok.Marshal())
+	if tok.Claims["iss"] != "https://oidc.example.org" {
+		t.Errorf("iss = %v", tok.Claims["iss"])
 	}
 }

@@ -55,6 +55,9 @@ type Config struct {
 	// root past 80% of its life is replaced at load.
 	RootTTL time.Duration
 	Logger  *slog.Logger
+	// JWTIssuer, when set, is put in JWT-SVIDs as "iss" (what an OIDC
+	// federated IdP matches against the discovery document).
+	JWTIssuer string
 }
 
 // issuer signs leaf certificates.
@@ -74,9 +77,11 @@ type CA struct {
 	jwtKey    *ecdsa.PrivateKey
 	jwtKID    string
 	jwtHeader string // base64url of the JOSE header
+	jwtIssuer string
 
 	bundleDER []byte
 	jwks      []byte
+	oidcJWKS  []byte
 	bundle    *spiffebundle.Bundle
 }
 
@@ -99,6 +104,14 @@ func (c *CA) X509BundleDER() []byte { return c.bundleDER }
 
 // JWKS returns the JWT bundle as a JWKS document (keys with use "jwt-svid").
 func (c *CA) JWKS() []byte { return c.jwks }
+
+// OIDCJWKS returns the JWT signing keys as a JWKS for OIDC consumers: "use"
+// is "sig" and "alg" ES256, since generic JOSE libraries skip keys with use
+// "jwt-svid".
+func (c *CA) OIDCJWKS() []byte { return c.oidcJWKS }
+
+// JWTIssuer returns the configured "iss" of JWT-SVIDs ("" when none).
+func (c *CA) JWTIssuer() string { return c.jwtIssuer }
 
 // Bundle returns the trust domain's bundle with X.509 and JWT authorities.
 func (c *CA) Bundle() *spiffebundle.Bundle { return c.bundle }
@@ -126,6 +139,13 @@ func (c *CA) finish() error {
 	x, y := raw[1:33], raw[33:65]
 	c.jwks, err = json.Marshal(map[string]any{"keys": []map[string]string{{
 		"kty": "EC", "crv": "P-256", "use": "jwt-svid", "kid": kid,
+		"x": base64.RawURLEncoding.EncodeToString(x), "y": base64.RawURLEncoding.EncodeToString(y),
+	}}})
+	if err != nil {
+		return fmt.Errorf("jwks: %w", err)
+	}
+	c.oidcJWKS, err = json.Marshal(map[string]any{"keys": []map[string]string{{
+		"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
 		"x": base64.RawURLEncoding.EncodeToString(x), "y": base64.RawURLEncoding.EncodeToString(y),
 	}}})
 	if err != nil {
@@ -276,12 +296,13 @@ func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (
 	now := c.clock()
 	exp := now.Add(ttl).Truncate(time.Second)
 	payload, err := json.Marshal(struct {
+		Iss string   `json:"iss,omitempty"`
 		Sub string   `json:"sub"`
 		Aud []string `json:"aud"`
 		Exp int64    `json:"exp"`
 		Iat int64    `json:"iat"`
 		JTI string   `json:"jti"`
-	}{id.String(), audience, exp.Unix(), now.Unix(), jti})
+	}{c.jwtIssuer, id.String(), audience, exp.Unix(), now.Unix(), jti})
 	if err != nil {
 		return nil, fmt.Errorf("mint JWT-SVID: %w", err)
 	}

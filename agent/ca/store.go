@@ -59,11 +59,12 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 		return nil, err
 	}
 	c := &CA{
-		td:     cfg.TrustDomain,
-		clock:  cfg.Clock,
-		root:   root,
-		issuer: issuer{cert: root, signer: rootKey},
-		jwtKey: jwtKey,
+		td:        cfg.TrustDomain,
+		clock:     cfg.Clock,
+		root:      root,
+		issuer:    issuer{cert: root, signer: rootKey},
+		jwtKey:    jwtKey,
+		jwtIssuer: cfg.JWTIssuer,
 	}
 	if err := c.finish(); err != nil {
 		return nil, err

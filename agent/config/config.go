@@ -42,7 +42,10 @@ type Agent struct {
 	SocketPath  string
 	DataDir     string
 	AdminListen string
-	LogLevel    string
+	// JWTIssuer, when set, is the "iss" of JWT-SVIDs and the issuer of the
+	// OIDC discovery document on the admin listener.
+	JWTIssuer string
+	LogLevel  string
 	// AuditLog is where audit records go: "stdout" (default), "stderr",
 	// "off", or a file path (reopened on SIGUSR1).
 	AuditLog string

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -203,6 +204,16 @@ func Parse(name string, data []byte) (*Agent, error) {
 					return nil
 				}
 				return d.errf(v, "log_level", "unknown level %q (want debug, info, warn or error)", cfg.LogLevel)
+			},
+			"jwt_issuer": func(_, v *yaml.Node) error {
+				if err := d.str(v, "jwt_issuer", &cfg.JWTIssuer); err != nil {
+					return err
+				}
+				u, err := url.Parse(cfg.JWTIssuer)
+				if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+					return d.errf(v, "jwt_issuer", "want an http(s) URL without query or fragment, got %q", cfg.JWTIssuer)
+				}
+				return nil
 			},
 			"audit_log": func(_, v *yaml.Node) error {
 				if err := d.str(v, "audit_log", &cfg.AuditLog); err != nil {
