@@ -32,6 +32,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"agent", "agent [--config FILE]            run the node agent", runAgent},
+		{"broker", "broker --config FILE              run the token broker", runBroker},
+		{"token", "token --upstream NAME [--audience A] [--scope S]  get an access token from the broker", runToken},
 		{"fetch", "fetch x509|jwt|bundles [flags]  fetch SVIDs or bundles from the agent", runFetch},
 		{"validate", "validate --audience A TOKEN     validate a JWT-SVID through the agent", runValidate},
 		{"attest", "attest --pid PID [--json]        print the selectors the agent derives for a process", runAttest},

@@ -1,0 +1,101 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// BreakerConfig configures the circuit breaker in front of one upstream.
+type BreakerConfig struct {
+	ConsecutiveFailures uint32        // retryable failures in a row that open it (default 5)
+	OpenTimeout         time.Duration // how long it stays open before a probe (default 30s)
+	// OnStateChange hears transitions ("closed", "open", "half-open").
+	OnStateChange func(upstream, from, to string)
+}
+
+// Breaker guards an upstream Source: it opens after consecutive retryable
+// failures (timeouts, connection errors, 5xx, 429, garbage), lets one probe
+// through when half-open, and fails fast with UnavailableError while open or
+// while the IdP's Retry-After holds. A 4xx such as invalid_grant passes
+// through without counting as a failure.
+type Breaker struct {
+	name    string
+	next    Source
+	cb      *gobreaker.CircuitBreaker[*Token]
+	timeout time.Duration
+	clock   func() time.Time
+
+	mu       sync.Mutex
+	openedAt time.Time
+	notUntil time.Time // Retry-After from the IdP
+}
+
+// NewBreaker wraps next.
+func NewBreaker(name string, next Source, cfg BreakerConfig, clock func() time.Time) *Breaker {
+	if cfg.ConsecutiveFailures == 0 {
+		cfg.ConsecutiveFailures = 5
+	}
+	if cfg.OpenTimeout <= 0 {
+		cfg.OpenTimeout = 30 * time.Second
+	}
+	if clock == nil {
+		clock = time.Now
+	}
+	b := &Breaker{name: name, next: next, timeout: cfg.OpenTimeout, clock: clock}
+	b.cb = gobreaker.NewCircuitBreaker[*Token](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1,
+		Timeout:     cfg.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.ConsecutiveFailures },
+		// Only retryable errors are the IdP's fault.
+		IsSuccessful: func(err error) bool { return err == nil || !retryable(err) },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				b.mu.Lock()
+				b.openedAt = b.clock()
+				b.mu.Unlock()
+			}
+			if cfg.OnStateChange != nil {
+				cfg.OnStateChange(name, from.String(), to.String())
+			}
+		},
+	})
+	return b
+}
+
+// State returns "closed", "half-open" or "open".
+func (b *Breaker) State() string { return b.cb.State().String() }
+
+// Token asks the upstream unless the breaker is open or the IdP asked to
+// be left alone (Retry-After).
+func (b *Breaker) Token(ctx context.Context, k Key) (*Token, error) {
+	now := b.clock()
+	b.mu.Lock()
+	wait := b.notUntil.Sub(now)
+	b.mu.Unlock()
+	if wait > 0 {
+		return nil, &UnavailableError{RetryAfter: wait, Reason: "upstream " + b.name + " asked to retry later"}
+	}
+	tok, err := b.cb.Execute(func() (*Token, error) { return b.next.Token(ctx, k) })
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+		b.mu.Lock()
+		left := b.timeout - now.Sub(b.openedAt)
+		b.mu.Unlock()
+		return nil, &UnavailableError{RetryAfter: max(left, time.Second), Reason: "circuit breaker for upstream " + b.name + " is open"}
+	case err != nil:
+		if ra := retryAfter(err); ra > 0 {
+			b.mu.Lock()
+			if t := now.Add(ra); t.After(b.notUntil) {
+				b.notUntil = t
+			}
+			b.mu.Unlock()
+		}
+		return nil, err
+	}
+	return tok, nil
+}

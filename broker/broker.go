@@ -1,0 +1,219 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nodeward/nodeward/workloadapi/peercred"
+)
+
+// Broker is a running token broker.
+type Broker struct {
+	cfg       *Config
+	log       *slog.Logger
+	cache     *Cache
+	breakers  map[string]*Breaker
+	upstreams map[string]*Upstream
+	svids     *agentSVIDs
+	api       *API
+
+	mu    sync.Mutex
+	addrs []string
+}
+
+// agentSVIDs fetches JWT-SVIDs from the agent's Workload API and remembers
+// the broker's SPIFFE ID.
+type agentSVIDs struct {
+	addr   string
+	mu     sync.Mutex
+	client *workloadapi.Client
+	id     atomic.Value // string
+}
+
+func (a *agentSVIDs) get(ctx context.Context) (*workloadapi.Client, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.client != nil {
+		return a.client, nil
+	}
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr(a.addr))
+	if err != nil {
+		return nil, err
+	}
+	a.client = c
+	return c, nil
+}
+
+// FetchJWTSVID implements SVIDFetcher.
+func (a *agentSVIDs) FetchJWTSVID(ctx context.Context, audience string) (string, string, error) {
+	c, err := a.get(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	svid, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
+	if err != nil {
+		return "", "", err
+	}
+	a.id.Store(svid.ID.String())
+	return svid.Marshal(), svid.ID.String(), nil
+}
+
+func (a *agentSVIDs) identity() string {
+	s, _ := a.id.Load().(string)
+	return s
+}
+
+func (a *agentSVIDs) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.client != nil {
+		_ = a.client.Close()
+	}
+}
+
+// router sends each key to its upstream's breaker.
+type router map[string]*Breaker
+
+func (r router) Token(ctx context.Context, k Key) (*Token, error) {
+	b, ok := r[k.Upstream]
+	if !ok {
+		return nil, ErrUnknownUpstream
+	}
+	return b.Token(ctx, k)
+}
+
+// New builds a Broker from cfg.
+func New(cfg *Config, log *slog.Logger) (*Broker, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Broker{cfg: cfg, log: log, breakers: map[string]*Breaker{}, upstreams: map[string]*Upstream{},
+		svids: &agentSVIDs{addr: cfg.WorkloadSocket}}
+	for _, uf := range cfg.Upstreams {
+		u, err := NewUpstream(uf.config(), b.svids, nil)
+		if err != nil {
+			return nil, err
+		}
+		b.upstreams[u.Name()] = u
+		b.breakers[u.Name()] = NewBreaker(u.Name(), u, BreakerConfig{
+			ConsecutiveFailures: cfg.Breaker.ConsecutiveFailures,
+			OpenTimeout:         time.Duration(cfg.Breaker.OpenTimeout),
+			OnStateChange: func(upstream, from, to string) {
+				log.Warn("circuit breaker changed state", "upstream", upstream, "from", from, "to", to)
+			},
+		}, nil)
+	}
+	cc := cfg.CacheConfig()
+	cc.OnRefresh = func(k Key, err error) {
+		if err != nil {
+			log.Warn("token refresh failed; serving the cached token until it expires", "upstream", k.Upstream, "audience", k.Audience, "err", err)
+		}
+	}
+	c, err := NewCache(router(b.breakers), cc)
+	if err != nil {
+		return nil, err
+	}
+	b.cache = c
+	b.api = &API{
+		tokens: func(name string) (Source, []string, bool) {
+			u, ok := b.upstreams[name]
+			if !ok {
+				return nil, nil, false
+			}
+			return b.cache, u.Scopes(), true
+		},
+		identity:  b.svids.identity,
+		allowUIDs: cfg.AllowUIDs,
+		allowGIDs: cfg.AllowGIDs,
+		log:       log,
+	}
+	return b, nil
+}
+
+// Addrs returns the addresses the broker listens on, once it does.
+func (b *Broker) Addrs() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.addrs...)
+}
+
+// Run serves the HTTP API and refreshes tokens until ctx is done.
+func (b *Broker) Run(ctx context.Context) error {
+	defer b.svids.close()
+	var listeners []net.Listener
+	if b.cfg.Listen != "" {
+		if err := os.MkdirAll(filepath.Dir(b.cfg.Listen), 0o755); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		l, err := peercred.Listen(b.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		listeners = append(listeners, l)
+	}
+	if b.cfg.ListenTCP != "" {
+		l, err := net.Listen("tcp", b.cfg.ListenTCP)
+		if err != nil {
+			for _, l := range listeners {
+				_ = l.Close()
+			}
+			return fmt.Errorf("listen_tcp: %w", err)
+		}
+		listeners = append(listeners, l)
+	}
+	b.mu.Lock()
+	for _, l := range listeners {
+		b.addrs = append(b.addrs, l.Addr().String())
+	}
+	b.mu.Unlock()
+	// Learn the broker's SPIFFE ID early (best effort: the agent may start later).
+	first := b.upstreams[b.cfg.Upstreams[0].Name]
+	go func() {
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, _, err := b.svids.FetchJWTSVID(fctx, first.cfg.SVIDAudience); err != nil {
+			b.log.Warn("no JWT-SVID from the agent yet", "err", err)
+		}
+	}()
+	srv := &http.Server{Handler: b.api.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 5 * time.Second}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return b.cache.Run(ctx) })
+	for _, l := range listeners {
+		g.Go(func() error {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	b.log.Info("nodeward broker serving", "listen", b.Addrs(), "upstreams", len(b.upstreams))
+	return g.Wait()
+}
+
+// BreakerState returns each upstream's breaker state.
+func (b *Broker) BreakerState() map[string]string {
+	out := make(map[string]string, len(b.breakers))
+	for n, br := range b.breakers {
+		out[n] = br.State()
+	}
+	return out
+}

@@ -1,0 +1,279 @@
+package broker
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// CacheConfig configures a Cache.
+type CacheConfig struct {
+	MaxEntries    int           // default 10,000
+	RefreshWindow [2]float64    // fractions of a token's lifetime; default [0.5, 0.8]
+	IdleTimeout   time.Duration // keys nobody asked for this long are not refreshed and age out; default 30m
+	SafetyMargin  time.Duration // a token is never served later than expiry minus this; default 10s
+	BaseBackoff   time.Duration // first refresh retry delay (full jitter); default 1s
+	MaxBackoff    time.Duration // cap of the retry delay; default 5m
+	Clock         func() time.Time
+	Rand          func() float64 // [0,1) for jitter; default math/rand/v2
+	// OnRefresh hears each background refresh's outcome (for metrics).
+	OnRefresh func(k Key, err error)
+	// OnEvict hears keys that aged out or were pushed out of the LRU.
+	OnEvict func(k Key)
+}
+
+type entry struct {
+	mu        sync.Mutex
+	tok       *Token
+	refreshAt time.Time
+	lastUsed  time.Time
+	failures  int
+	nextTry   time.Time
+	inflight  bool
+}
+
+// Cache serves tokens from an LRU, makes one upstream call per key for
+// concurrent misses, and refreshes tokens in the background at a jittered
+// moment of their lifetime so a fleet never refreshes in lock-step. An IdP
+// fault never drops a still-valid token.
+type Cache struct {
+	cfg  CacheConfig
+	next Source
+	lru  *lru.Cache[Key, *entry]
+	sf   singleflight.Group
+	wake chan struct{}
+	wg   sync.WaitGroup
+	sem  chan struct{}
+}
+
+// NewCache returns a Cache in front of next.
+func NewCache(next Source, cfg CacheConfig) (*Cache, error) {
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = 10000
+	}
+	if cfg.RefreshWindow == [2]float64{} {
+		cfg.RefreshWindow = [2]float64{0.5, 0.8}
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Minute
+	}
+	if cfg.SafetyMargin <= 0 {
+		cfg.SafetyMargin = 10 * time.Second
+	}
+	if cfg.BaseBackoff <= 0 {
+		cfg.BaseBackoff = time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Minute
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	c := &Cache{cfg: cfg, next: next, wake: make(chan struct{}, 1), sem: make(chan struct{}, 16)}
+	l, err := lru.NewWithEvict[Key, *entry](cfg.MaxEntries, func(k Key, _ *entry) {
+		if cfg.OnEvict != nil {
+			cfg.OnEvict(k)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.lru = l
+	return c, nil
+}
+
+// usable reports whether tok may be served at now.
+func (c *Cache) usable(tok *Token, now time.Time) bool {
+	return tok != nil && now.Before(tok.ExpiresAt.Add(-c.cfg.SafetyMargin))
+}
+
+// Token returns a cached token, or fetches one (once for concurrent callers).
+func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
+	now := c.cfg.Clock()
+	if e, ok := c.lru.Get(k); ok {
+		e.mu.Lock()
+		tok := e.tok
+		if c.usable(tok, now) {
+			e.lastUsed = now
+			e.mu.Unlock()
+			return tok, nil
+		}
+		e.mu.Unlock()
+	}
+	return c.fetch(ctx, k)
+}
+
+// fetch asks the next source, coalescing concurrent calls for one key. The
+// upstream call is detached from a caller that gives up, so the others (and
+// the cache) still get its answer; the upstream's own timeout bounds it.
+func (c *Cache) fetch(ctx context.Context, k Key) (*Token, error) {
+	ch := c.sf.DoChan(k.String(), func() (any, error) {
+		tok, err := c.next.Token(context.WithoutCancel(ctx), k)
+		if err != nil {
+			return nil, err
+		}
+		c.store(k, tok)
+		return tok, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Token), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Cache) store(k Key, tok *Token) {
+	now := c.cfg.Clock()
+	e, ok := c.lru.Peek(k)
+	if !ok {
+		e = &entry{}
+	}
+	life := tok.ExpiresAt.Sub(tok.IssuedAt)
+	lo, hi := c.cfg.RefreshWindow[0], c.cfg.RefreshWindow[1]
+	frac := lo + (hi-lo)*c.cfg.Rand()
+	e.mu.Lock()
+	e.tok = tok
+	e.refreshAt = tok.IssuedAt.Add(time.Duration(float64(life) * frac))
+	if latest := tok.ExpiresAt.Add(-c.cfg.SafetyMargin); e.refreshAt.After(latest) {
+		e.refreshAt = latest
+	}
+	e.failures = 0
+	e.nextTry = time.Time{}
+	if e.lastUsed.IsZero() {
+		e.lastUsed = now
+	}
+	e.mu.Unlock()
+	if !ok {
+		c.lru.Add(k, e)
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// RefreshDue starts background refreshes of the tokens whose moment has
+// come, drops keys idle for longer than IdleTimeout, and returns when the
+// next refresh is due (zero when nothing is cached).
+func (c *Cache) RefreshDue() time.Time {
+	now := c.cfg.Clock()
+	var next time.Time
+	for _, k := range c.lru.Keys() {
+		e, ok := c.lru.Peek(k)
+		if !ok {
+			continue
+		}
+		e.mu.Lock()
+		if now.Sub(e.lastUsed) > c.cfg.IdleTimeout {
+			e.mu.Unlock()
+			c.lru.Remove(k)
+			continue
+		}
+		due := e.refreshAt
+		if e.nextTry.After(due) {
+			due = e.nextTry
+		}
+		if e.inflight {
+			e.mu.Unlock()
+			continue
+		}
+		if !now.Before(due) {
+			e.inflight = true
+			e.mu.Unlock()
+			c.wg.Add(1)
+			go c.refresh(k, e)
+			continue
+		}
+		e.mu.Unlock()
+		if next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	return next
+}
+
+func (c *Cache) refresh(k Key, e *entry) {
+	defer c.wg.Done()
+	c.sem <- struct{}{}
+	defer func() { <-c.sem }()
+	_, err := c.fetch(context.Background(), k)
+	now := c.cfg.Clock()
+	e.mu.Lock()
+	e.inflight = false
+	if err != nil {
+		// Keep serving the old token (until expiry minus the margin) and
+		// retry with capped exponential backoff and full jitter, or later
+		// when the IdP said so.
+		e.failures++
+		backoff := c.cfg.BaseBackoff << min(e.failures-1, 30)
+		if backoff <= 0 || backoff > c.cfg.MaxBackoff {
+			backoff = c.cfg.MaxBackoff
+		}
+		wait := time.Duration(c.cfg.Rand() * float64(backoff))
+		if ra := retryAfter(err); ra > wait {
+			wait = ra
+		}
+		e.nextTry = now.Add(wait)
+	}
+	e.mu.Unlock()
+	if c.cfg.OnRefresh != nil {
+		c.cfg.OnRefresh(k, err)
+	}
+}
+
+// wait blocks until running refreshes finish (tests, shutdown).
+func (c *Cache) wait() { c.wg.Wait() }
+
+// Run refreshes tokens in the background until ctx is done.
+func (c *Cache) Run(ctx context.Context) error {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	defer c.wait()
+	for {
+		next := c.RefreshDue()
+		// Wake at the next refresh, and at least every 5 s to age out idle keys.
+		d := 5 * time.Second
+		if !next.IsZero() {
+			d = min(d, max(next.Sub(c.cfg.Clock()), 10*time.Millisecond))
+		}
+		t.Reset(d)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.wake:
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
+		case <-t.C:
+		}
+	}
+}
+
+// Len returns the number of cached keys.
+func (c *Cache) Len() int { return c.lru.Len() }
+
+// Purge drops every cached token whose key matches drop (revocation).
+func (c *Cache) Purge(drop func(Key) bool) int {
+	n := 0
+	for _, k := range c.lru.Keys() {
+		if drop(k) {
+			c.lru.Remove(k)
+			n++
+		}
+	}
+	return n
+}
