@@ -1,0 +1,55 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const goodConfig = `workload_socket: unix:///run/nodeward/workload.sock
+listen: /run/nodeward/broker.sock
+listen_tcp: 127.0.0.1:8181
+allow_uids: [1000]
+allow_gids: []
+upstreams:
+  - name: corp
+    token_endpoint: https://idp.example.com/oauth2/token
+    grant: token-exchange
+    client_id: nodeward-broker
+    svid_audience: https://idp.example.com
+    scopes: [read]
+    timeout: 5s
+cache:
+  max_entries: 10000
+  refresh_window: [0.5, 0.8]
+  idle_timeout: 30m
+breaker:
+  consecutive_failures: 5
+  open_timeout: 30s
+`
+
+func TestParseConfig(t *testing.T) {
+	cfg, err := ParseConfig("broker.yaml", []byte(goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Upstreams[0].Grant != "token-exchange" || time.Duration(cfg.Breaker.OpenTimeout) != 30*time.Second ||
+		cfg.CacheConfig().RefreshWindow != [2]float64{0.5, 0.8} || cfg.AllowUIDs[0] != 1000 {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+	tests := []struct{ name, yaml, want string }{
+		{"unknown key", strings.Replace(goodConfig, "listen_tcp", "listen_tpc", 1), `broker.yaml:3: unknown key "listen_tpc"`},
+		{"unknown upstream key", strings.Replace(goodConfig, "client_id", "clientid", 1), `broker.yaml:10: unknown key "clientid"`},
+		{"bad grant", strings.Replace(goodConfig, "grant: token-exchange", "grant: password", 1), `broker.yaml:9: upstreams[0].grant:`},
+		{"bad endpoint", strings.Replace(goodConfig, "https://idp.example.com/oauth2/token", "idp/token", 1), `broker.yaml:8: upstreams[0].token_endpoint:`},
+		{"tcp not loopback", strings.Replace(goodConfig, "127.0.0.1:8181", "0.0.0.0:8181", 1), `broker.yaml:3: listen_tcp: must be a loopback address`},
+		{"window", strings.Replace(goodConfig, "[0.5, 0.8]", "[0.9, 0.2]", 1), `broker.yaml:16: cache.refresh_window`},
+		{"bare duration", strings.Replace(goodConfig, "timeout: 5s", "timeout: 5", 1), `broker.yaml:13: invalid duration "5"`},
+		{"no upstreams", "listen: /run/x.sock\n", `upstreams: at least one upstream is required`},
+	}
+	for _, tt := range tests {
+		if _, err := ParseConfig("broker.yaml", []byte(tt.yaml)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v\n want %q", tt.name, err, tt.want)
+		}
+	}
+}
