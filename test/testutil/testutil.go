@@ -93,8 +93,17 @@ func WriteConfig(t testing.TB, dir, trustDomain, entries string) (cfgPath, sock 
 // It does not wait for readiness: see WaitServing.
 func StartAgent(t testing.TB, bin, cfg, sock string) *Agent {
 	t.Helper()
-	a := &Agent{Socket: sock, Config: cfg}
-	a.Cmd = exec.Command(bin, "agent", "--config", cfg)
+	a := StartProcess(t, bin, sock, "agent", "--config", cfg)
+	a.Config = cfg
+	return a
+}
+
+// StartProcess starts bin with args (a nodeward daemon: agent or broker)
+// and stops it with SIGINT when the test ends.
+func StartProcess(t testing.TB, bin, sock string, args ...string) *Agent {
+	t.Helper()
+	a := &Agent{Socket: sock}
+	a.Cmd = exec.Command(bin, args...)
 	// NODEWARD_AGENT_ENV adds space-separated VAR=value pairs to the agent's
 	// environment only (for example GOMAXPROCS=1 in benchmark runs).
 	a.Cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("NODEWARD_AGENT_ENV"))...)
