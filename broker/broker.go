@@ -71,9 +71,14 @@ func (a *agentSVIDs) FetchJWTSVID(ctx context.Context, audience string) (string,
 	return svid.Marshal(), svid.ID.String(), nil
 }
 
-func (a *agentSVIDs) identity() string {
-	s, _ := a.id.Load().(string)
-	return s
+// identity returns the broker's SPIFFE ID, asking the agent (for a JWT-SVID
+// of audience) the first time, so that the first cache key already holds it.
+func (a *agentSVIDs) identity(ctx context.Context, audience string) (string, error) {
+	if s, _ := a.id.Load().(string); s != "" {
+		return s, nil
+	}
+	_, id, err := a.FetchJWTSVID(ctx, audience)
+	return id, err
 }
 
 func (a *agentSVIDs) close() {
@@ -135,7 +140,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 			}
 			return b.cache, u.Scopes(), true
 		},
-		identity:  b.svids.identity,
+		identity: func(ctx context.Context) (string, error) {
+			return b.svids.identity(ctx, b.upstreams[cfg.Upstreams[0].Name].cfg.SVIDAudience)
+		},
 		allowUIDs: cfg.AllowUIDs,
 		allowGIDs: cfg.AllowGIDs,
 		log:       log,
@@ -179,15 +186,6 @@ func (b *Broker) Run(ctx context.Context) error {
 		b.addrs = append(b.addrs, l.Addr().String())
 	}
 	b.mu.Unlock()
-	// Learn the broker's SPIFFE ID early (best effort: the agent may start later).
-	first := b.upstreams[b.cfg.Upstreams[0].Name]
-	go func() {
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if _, _, err := b.svids.FetchJWTSVID(fctx, first.cfg.SVIDAudience); err != nil {
-			b.log.Warn("no JWT-SVID from the agent yet", "err", err)
-		}
-	}()
 	srv := &http.Server{Handler: b.api.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 5 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return b.cache.Run(ctx) })

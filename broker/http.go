@@ -25,7 +25,7 @@ type peerKey struct{}
 // API is the broker's HTTP front: GET /v1/token.
 type API struct {
 	tokens    func(upstream string) (Source, []string, bool) // source and default scopes of an upstream
-	identity  func() string                                  // the broker's SPIFFE ID
+	identity  func(context.Context) (string, error)          // the broker's SPIFFE ID
 	allowUIDs []uint32
 	allowGIDs []uint32
 	log       *slog.Logger
@@ -147,7 +147,14 @@ func (a *API) token(w http.ResponseWriter, r *http.Request) {
 	}
 	slices.Sort(scopes)
 	scopes = slices.Compact(scopes)
-	k := Key{Upstream: name, SPIFFEID: a.identity(), Audience: aud, Scopes: strings.Join(scopes, " ")}
+	id, err := a.identity(r.Context())
+	if err != nil {
+		w.Header().Set("Retry-After", "1")
+		a.fail(w, http.StatusServiceUnavailable, "temporarily_unavailable", "no identity from the nodeward agent yet")
+		a.log.Warn("no JWT-SVID from the agent", "err", err)
+		return
+	}
+	k := Key{Upstream: name, SPIFFEID: id, Audience: aud, Scopes: strings.Join(scopes, " ")}
 	tok, err := src.Token(r.Context(), k)
 	if err != nil {
 		a.writeError(w, name, err)

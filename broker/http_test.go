@@ -77,7 +77,7 @@ func TestTokenAPI(t *testing.T) {
 			s, ok := sources[name]
 			return s, []string{"read"}, ok
 		},
-		identity: func() string { return "spiffe://example.org/broker" },
+		identity: func(context.Context) (string, error) { return "spiffe://example.org/broker", nil },
 		log:      slog.New(slog.DiscardHandler),
 	}
 	c := serveAPI(t, api)

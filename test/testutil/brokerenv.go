@@ -1,0 +1,114 @@
+package testutil
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// BrokerEnv is a real agent, the real IdP behind a fault-injecting proxy,
+// and a nodeward broker process, wired together.
+type BrokerEnv struct {
+	IdP    *IdP
+	Proxy  *FaultProxy
+	Sock   string
+	Client *http.Client
+	Broker *Agent
+}
+
+// StartBrokerEnv runs a real agent, the real IdP (oidc-provider) behind a
+// fault-injecting proxy, and the nodeward broker binary bin. Upstream "corp"
+// (token exchange) goes through the proxy, "direct" (jwt-bearer) does not.
+func StartBrokerEnv(t testing.TB, bin string, tokenTTL int) *BrokerEnv {
+	t.Helper()
+	dir := SocketDir(t)
+	admin := "127.0.0.1:" + FreePort(t)
+	entries := fmt.Sprintf("admin_listen: %s\nentries:\n  - spiffe_id: spiffe://example.org/broker\n    selectors: [unix:uid:%d, \"unix:path:%s\"]\n", admin, os.Geteuid(), bin)
+	cfg, sock := WriteConfig(t, dir, "example.org", entries)
+	StartAgent(t, bin, cfg, sock)
+	WaitServing(t, sock, 10*time.Second)
+
+	idp := StartIdP(t, "http://"+admin+"/keys", "nodeward-idp", "example.org", tokenTTL)
+	proxy := StartFaultProxy(t, idp.URL)
+
+	bsock := filepath.Join(dir, "broker.sock")
+	bcfg := filepath.Join(dir, "broker.yaml")
+	err := os.WriteFile(bcfg, []byte(fmt.Sprintf(`workload_socket: unix://%s
+listen: %s
+upstreams:
+  - name: corp
+    token_endpoint: %s/token
+    grant: token-exchange
+    client_id: nodeward-broker
+    svid_audience: nodeward-idp
+    scopes: [read]
+    timeout: 5s
+  - name: direct
+    token_endpoint: %s/token
+    grant: jwt-bearer
+    client_id: nodeward-broker
+    svid_audience: nodeward-idp
+cache:
+  safety_margin: 1s
+breaker:
+  consecutive_failures: 2
+  open_timeout: 1s
+log_level: debug
+`, sock, bsock, proxy.URL, idp.URL)), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := StartProcess(t, bin, bsock, "broker", "--config", bcfg)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", bsock)
+	}}}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(bsock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("broker socket never appeared; log:\n%s", b.Log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return &BrokerEnv{IdP: idp, Proxy: proxy, Sock: bsock, Client: client, Broker: b}
+}
+
+// TokenAnswer is the broker's answer to GET /v1/token.
+type TokenAnswer struct {
+	Status      int
+	RetryAfter  string
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresIn   int    `json:"expires_in"`
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+}
+
+// Token asks the broker for a token with the given query.
+func (e *BrokerEnv) Token(t testing.TB, query string) TokenAnswer {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://broker/v1/token?"+query, nil)
+	req.Header.Set("Nodeward-Request", "true")
+	resp, err := e.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var a TokenAnswer
+	if err := json.Unmarshal(body, &a); err != nil {
+		t.Fatalf("answer %q: %v", body, err)
+	}
+	a.Status, a.RetryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
+	return a
+}
