@@ -29,6 +29,8 @@ type Broker struct {
 	upstreams map[string]*Upstream
 	svids     *agentSVIDs
 	api       *API
+	sinks     []*sink
+	sinkFor   sync.Map // Key -> *sink
 
 	mu    sync.Mutex
 	addrs []string
@@ -121,7 +123,24 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 			},
 		}, nil)
 	}
+	for _, sf := range cfg.Sinks {
+		mode, _ := parseMode(sf.Mode)
+		s := &sink{key: sinkKey(sf, b.upstreams[sf.Upstream].Scopes()), path: sf.Path, mode: mode, uid: -1, gid: -1, log: log}
+		if sf.Owner != nil {
+			s.uid = *sf.Owner
+		}
+		if sf.Group != nil {
+			s.gid = *sf.Group
+		}
+		b.sinks = append(b.sinks, s)
+	}
 	cc := cfg.CacheConfig()
+	cc.OnStore = func(k Key, tok *Token) {
+		if s, ok := b.sinkFor.Load(k); ok {
+			s.(*sink).write(tok)
+		}
+	}
+	cc.Pinned = func(k Key) bool { _, ok := b.sinkFor.Load(k); return ok }
 	cc.OnRefresh = func(k Key, err error) {
 		if err != nil {
 			log.Warn("token refresh failed; serving the cached token until it expires", "upstream", k.Upstream, "audience", k.Audience, "err", err)
@@ -189,6 +208,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: b.api.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 5 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return b.cache.Run(ctx) })
+	b.runSinks(ctx)
 	for _, l := range listeners {
 		g.Go(func() error {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -24,6 +24,11 @@ type CacheConfig struct {
 	OnRefresh func(k Key, err error)
 	// OnEvict hears keys that aged out or were pushed out of the LRU.
 	OnEvict func(k Key)
+	// OnStore hears every new token stored for a key (first fetch and each
+	// refresh), for file sinks.
+	OnStore func(k Key, tok *Token)
+	// Pinned keys never age out (file sinks keep their tokens fresh).
+	Pinned func(k Key) bool
 }
 
 type entry struct {
@@ -157,6 +162,9 @@ func (c *Cache) store(k Key, tok *Token) {
 	if !ok {
 		c.lru.Add(k, e)
 	}
+	if c.cfg.OnStore != nil {
+		c.cfg.OnStore(k, tok)
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -175,7 +183,7 @@ func (c *Cache) RefreshDue() time.Time {
 			continue
 		}
 		e.mu.Lock()
-		if now.Sub(e.lastUsed) > c.cfg.IdleTimeout {
+		if now.Sub(e.lastUsed) > c.cfg.IdleTimeout && (c.cfg.Pinned == nil || !c.cfg.Pinned(k)) {
 			e.mu.Unlock()
 			c.lru.Remove(k)
 			continue

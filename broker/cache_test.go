@@ -226,3 +226,20 @@ func TestRefreshSpread(t *testing.T) {
 	}
 	t.Logf("refresh histogram (second of lifetime: keys): %v", hist)
 }
+
+func TestCacheOnStoreAndPinned(t *testing.T) {
+	var stored []string
+	c, _, clk := newTestCache(t, 100*time.Second, CacheConfig{IdleTimeout: time.Minute,
+		OnStore: func(_ Key, tok *Token) { stored = append(stored, tok.AccessToken) },
+		Pinned:  func(k Key) bool { return k == key }})
+	if _, err := c.Token(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	// Nobody asks for 70 s (past the idle timeout): a pinned key is still refreshed.
+	clk.Add(70 * time.Second)
+	c.RefreshDue()
+	c.wait()
+	if len(stored) != 2 || stored[0] == stored[1] || c.Len() != 1 {
+		t.Fatalf("stored %v, len %d: want the first token and its refresh, key kept", stored, c.Len())
+	}
+}

@@ -26,6 +26,7 @@ type Config struct {
 	Upstreams      []UpstreamFile `yaml:"upstreams"`
 	Cache          CacheFile      `yaml:"cache"`
 	Breaker        BreakerFile    `yaml:"breaker"`
+	Sinks          []SinkFile     `yaml:"sinks"`
 	LogLevel       string         `yaml:"log_level"`
 	AuditLog       string         `yaml:"audit_log"`
 }
@@ -197,6 +198,18 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 				key = "ca_file"
 			}
 			return bad(lineOf(root, "upstreams", i, key), field+"."+key, "%v", err)
+		}
+	}
+	for i, sf := range c.Sinks {
+		field := "sinks[" + strconv.Itoa(i) + "]"
+		if !seen[sf.Upstream] {
+			return bad(lineOf(root, "sinks", i, "upstream"), field+".upstream", "unknown upstream %q", sf.Upstream)
+		}
+		if !filepath.IsAbs(sf.Path) {
+			return bad(lineOf(root, "sinks", i, "path"), field+".path", "must be an absolute path, got %q", sf.Path)
+		}
+		if _, err := parseMode(sf.Mode); err != nil {
+			return bad(lineOf(root, "sinks", i, "mode"), field+".mode", "%v", err)
 		}
 	}
 	if w := c.Cache.RefreshWindow; len(w) != 0 {

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -126,5 +128,35 @@ func TestUpstreamCallsIndependentOfLoad(t *testing.T) {
 	}
 	if n := e.IdP.Grants(t); n != 100 {
 		t.Fatalf("IdP issued %d tokens for 10,000 requests over 100 keys, want 100", n)
+	}
+}
+
+func TestBrokerTokenFileSink(t *testing.T) {
+	e := testutil.StartBrokerEnv(t, bin, 600, `sinks:
+  - upstream: corp
+    audience: files
+    path: $DIR/token
+    mode: "0640"
+`)
+	path := filepath.Join(e.Dir, "token")
+	deadline := time.Now().Add(10 * time.Second)
+	var data []byte
+	for {
+		var err error
+		if data, err = os.ReadFile(path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("token file never written; broker log:\n%s", e.Broker.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o640 {
+		t.Errorf("token file mode %v, want 0640", st.Mode().Perm())
+	}
+	a := e.Token(t, "upstream=corp&audience=files")
+	if a.Status != 200 || strings.TrimSpace(string(data)) != a.AccessToken {
+		t.Fatalf("file holds another token than the API serves: %+v", a)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -21,12 +22,15 @@ type BrokerEnv struct {
 	Sock   string
 	Client *http.Client
 	Broker *Agent
+	Dir    string
 }
 
 // StartBrokerEnv runs a real agent, the real IdP (oidc-provider) behind a
 // fault-injecting proxy, and the nodeward broker binary bin. Upstream "corp"
 // (token exchange) goes through the proxy, "direct" (jwt-bearer) does not.
-func StartBrokerEnv(t testing.TB, bin string, tokenTTL int) *BrokerEnv {
+// Extra YAML (top-level keys such as sinks) is appended to the broker config;
+// the broker's directory is BrokerEnv.Dir.
+func StartBrokerEnv(t testing.TB, bin string, tokenTTL int, extra ...string) *BrokerEnv {
 	t.Helper()
 	dir := SocketDir(t)
 	admin := "127.0.0.1:" + FreePort(t)
@@ -61,7 +65,7 @@ breaker:
   consecutive_failures: 2
   open_timeout: 1s
 log_level: debug
-`, sock, bsock, proxy.URL, idp.URL)), 0o644)
+%s`, sock, bsock, proxy.URL, idp.URL, strings.ReplaceAll(strings.Join(extra, ""), "$DIR", dir))), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +84,7 @@ log_level: debug
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &BrokerEnv{IdP: idp, Proxy: proxy, Sock: bsock, Client: client, Broker: b}
+	return &BrokerEnv{IdP: idp, Proxy: proxy, Sock: bsock, Client: client, Broker: b, Dir: dir}
 }
 
 // TokenAnswer is the broker's answer to GET /v1/token.
