@@ -15,7 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/nodeward/nodeward/agent/atomicfile"
+	"github.com/nodeward/nodeward/workloadapi/atomicfile"
 )
 
 // File names inside the data directory.
