@@ -16,6 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
@@ -81,6 +83,44 @@ func (a *agentSVIDs) identity(ctx context.Context, audience string) (string, err
 	}
 	_, id, err := a.FetchJWTSVID(ctx, audience)
 	return id, err
+}
+
+// watchIdentity follows the broker's identity on the agent's X.509 stream:
+// when it changes or is revoked, tokens minted from the old identity are
+// dropped at once and never served again.
+func (b *Broker) watchIdentity(ctx context.Context) {
+	c, err := b.svids.get(ctx)
+	if err != nil {
+		b.log.Warn("cannot watch the broker's identity", "err", err)
+		return
+	}
+	_ = c.WatchX509Context(ctx, identityWatcher{b: b})
+}
+
+type identityWatcher struct{ b *Broker }
+
+func (w identityWatcher) OnX509ContextUpdate(xc *workloadapi.X509Context) {
+	id := ""
+	if svid := xc.DefaultSVID(); svid != nil {
+		id = svid.ID.String()
+	}
+	w.b.setIdentity(id)
+}
+
+func (w identityWatcher) OnX509ContextWatchError(err error) {
+	if status.Code(err) == codes.PermissionDenied {
+		w.b.setIdentity("")
+	}
+}
+
+// setIdentity records the broker's current SPIFFE ID and purges tokens of
+// any other.
+func (b *Broker) setIdentity(id string) {
+	old, _ := b.svids.id.Load().(string)
+	b.svids.id.Store(id)
+	if n := b.cache.Purge(func(k Key) bool { return k.SPIFFEID != id }); n > 0 || old != id {
+		b.log.Info("broker identity changed; tokens of the old identity dropped", "from", old, "to", id, "dropped", n)
+	}
 }
 
 func (a *agentSVIDs) close() {
@@ -208,6 +248,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: b.api.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 5 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return b.cache.Run(ctx) })
+	g.Go(func() error { b.watchIdentity(ctx); return nil })
 	b.runSinks(ctx)
 	for _, l := range listeners {
 		g.Go(func() error {

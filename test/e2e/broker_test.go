@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,5 +159,39 @@ func TestBrokerTokenFileSink(t *testing.T) {
 	a := e.Token(t, "upstream=corp&audience=files")
 	if a.Status != 200 || strings.TrimSpace(string(data)) != a.AccessToken {
 		t.Fatalf("file holds another token than the API serves: %+v", a)
+	}
+}
+
+// TestBrokerDropsTokensOfRevokedIdentity removes the broker's entry from the
+// agent's policy (SIGHUP): its cached tokens stop being served at once.
+func TestBrokerDropsTokensOfRevokedIdentity(t *testing.T) {
+	e := testutil.StartBrokerEnv(t, bin, 600)
+	if a := e.Token(t, "upstream=corp&audience=api"); a.Status != 200 {
+		t.Fatalf("token: %+v", a)
+	}
+	cfg, err := os.ReadFile(e.AgentConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := cfg[:strings.Index(string(cfg), "entries:")]
+	if err := os.WriteFile(e.AgentConfig, revoked, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = e.Agent.Cmd.Process.Signal(syscall.SIGHUP)
+	deadline := start.Add(10 * time.Second)
+	for {
+		a := e.Token(t, "upstream=corp&audience=api")
+		if a.Status == 503 {
+			t.Logf("broker stopped serving the revoked identity's token %v after SIGHUP", time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if a.Status != 200 || time.Now().After(deadline) {
+			t.Fatalf("after revocation: %+v\nbroker log:\n%s", a, e.Broker.Log())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !strings.Contains(e.Broker.Log(), "tokens of the old identity dropped") {
+		t.Error("broker did not log the purge")
 	}
 }

@@ -23,6 +23,9 @@ type BrokerEnv struct {
 	Client *http.Client
 	Broker *Agent
 	Dir    string
+	// Agent is the nodeward agent process; AgentConfig its config file.
+	Agent       *Agent
+	AgentConfig string
 }
 
 // StartBrokerEnv runs a real agent, the real IdP (oidc-provider) behind a
@@ -36,7 +39,7 @@ func StartBrokerEnv(t testing.TB, bin string, tokenTTL int, extra ...string) *Br
 	admin := "127.0.0.1:" + FreePort(t)
 	entries := fmt.Sprintf("admin_listen: %s\nentries:\n  - spiffe_id: spiffe://example.org/broker\n    selectors: [unix:uid:%d, \"unix:path:%s\"]\n", admin, os.Geteuid(), bin)
 	cfg, sock := WriteConfig(t, dir, "example.org", entries)
-	StartAgent(t, bin, cfg, sock)
+	agent := StartAgent(t, bin, cfg, sock)
 	WaitServing(t, sock, 10*time.Second)
 
 	idp := StartIdP(t, "http://"+admin+"/keys", "nodeward-idp", "example.org", tokenTTL)
@@ -84,7 +87,7 @@ log_level: debug
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &BrokerEnv{IdP: idp, Proxy: proxy, Sock: bsock, Client: client, Broker: b, Dir: dir}
+	return &BrokerEnv{IdP: idp, Proxy: proxy, Sock: bsock, Client: client, Broker: b, Dir: dir, Agent: agent, AgentConfig: cfg}
 }
 
 // TokenAnswer is the broker's answer to GET /v1/token.
