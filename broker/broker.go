@@ -9,10 +9,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sync/errgroup"
@@ -33,9 +36,12 @@ type Broker struct {
 	api       *API
 	sinks     []*sink
 	sinkFor   sync.Map // Key -> *sink
+	metrics   *Metrics
+	registry  *prometheus.Registry
 
-	mu    sync.Mutex
-	addrs []string
+	mu          sync.Mutex
+	addrs       []string
+	metricsAddr string
 }
 
 // agentSVIDs fetches JWT-SVIDs from the agent's Workload API and remembers
@@ -131,8 +137,8 @@ func (a *agentSVIDs) close() {
 	}
 }
 
-// router sends each key to its upstream's breaker.
-type router map[string]*Breaker
+// router sends each key to its upstream's (instrumented) breaker.
+type router map[string]Source
 
 func (r router) Token(ctx context.Context, k Key) (*Token, error) {
 	b, ok := r[k.Upstream]
@@ -148,17 +154,25 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Broker{cfg: cfg, log: log, breakers: map[string]*Breaker{}, upstreams: map[string]*Upstream{},
-		svids: &agentSVIDs{addr: cfg.WorkloadSocket}}
+		svids: &agentSVIDs{addr: cfg.WorkloadSocket}, registry: prometheus.NewRegistry()}
+	b.metrics = NewMetrics(b.registry, func() float64 {
+		if b.cache == nil {
+			return 0
+		}
+		return float64(b.cache.Len())
+	})
 	for _, uf := range cfg.Upstreams {
 		u, err := NewUpstream(uf.config(), b.svids, nil)
 		if err != nil {
 			return nil, err
 		}
 		b.upstreams[u.Name()] = u
+		b.metrics.BreakerState.WithLabelValues(u.Name()).Set(0)
 		b.breakers[u.Name()] = NewBreaker(u.Name(), u, BreakerConfig{
 			ConsecutiveFailures: cfg.Breaker.ConsecutiveFailures,
 			OpenTimeout:         time.Duration(cfg.Breaker.OpenTimeout),
 			OnStateChange: func(upstream, from, to string) {
+				b.metrics.BreakerState.WithLabelValues(upstream).Set(breakerValue(to))
 				log.Warn("circuit breaker changed state", "upstream", upstream, "from", from, "to", to)
 			},
 		}, nil)
@@ -181,12 +195,29 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		}
 	}
 	cc.Pinned = func(k Key) bool { _, ok := b.sinkFor.Load(k); return ok }
+	cc.OnLookup = func(hit bool) {
+		if hit {
+			b.metrics.CacheHits.Inc()
+		} else {
+			b.metrics.CacheMisses.Inc()
+		}
+	}
+	cc.OnEvict = func(Key) { b.metrics.Evictions.Inc() }
 	cc.OnRefresh = func(k Key, err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		b.metrics.Refreshes.WithLabelValues(result).Inc()
 		if err != nil {
 			log.Warn("token refresh failed; serving the cached token until it expires", "upstream", k.Upstream, "audience", k.Audience, "err", err)
 		}
 	}
-	c, err := NewCache(router(b.breakers), cc)
+	rt := router{}
+	for name, br := range b.breakers {
+		rt[name] = instrumented{name: name, next: br, m: b.metrics}
+	}
+	c, err := NewCache(rt, cc)
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +236,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		allowUIDs: cfg.AllowUIDs,
 		allowGIDs: cfg.AllowGIDs,
 		log:       log,
+		onRequest: func(upstream string, status int, _ time.Duration) {
+			b.metrics.Requests.WithLabelValues(upstream, strconv.Itoa(status)).Inc()
+		},
 	}
 	return b, nil
 }
@@ -245,6 +279,23 @@ func (b *Broker) Run(ctx context.Context) error {
 		b.addrs = append(b.addrs, l.Addr().String())
 	}
 	b.mu.Unlock()
+	if b.cfg.MetricsListen != "" {
+		ml, err := net.Listen("tcp", b.cfg.MetricsListen)
+		if err != nil {
+			for _, l := range listeners {
+				_ = l.Close()
+			}
+			return fmt.Errorf("metrics_listen: %w", err)
+		}
+		b.mu.Lock()
+		b.metricsAddr = ml.Addr().String()
+		b.mu.Unlock()
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(b.registry, promhttp.HandlerOpts{}))
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = msrv.Serve(ml) }()
+		defer msrv.Close()
+	}
 	srv := &http.Server{Handler: b.api.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 5 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return b.cache.Run(ctx) })

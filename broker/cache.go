@@ -29,6 +29,8 @@ type CacheConfig struct {
 	OnStore func(k Key, tok *Token)
 	// Pinned keys never age out (file sinks keep their tokens fresh).
 	Pinned func(k Key) bool
+	// OnLookup hears whether each request was a hit.
+	OnLookup func(hit bool)
 }
 
 type entry struct {
@@ -108,9 +110,15 @@ func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
 		if c.usable(tok, now) {
 			e.lastUsed = now
 			e.mu.Unlock()
+			if c.cfg.OnLookup != nil {
+				c.cfg.OnLookup(true)
+			}
 			return tok, nil
 		}
 		e.mu.Unlock()
+	}
+	if c.cfg.OnLookup != nil {
+		c.cfg.OnLookup(false)
 	}
 	return c.fetch(ctx, k)
 }

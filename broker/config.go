@@ -27,6 +27,7 @@ type Config struct {
 	Cache          CacheFile      `yaml:"cache"`
 	Breaker        BreakerFile    `yaml:"breaker"`
 	Sinks          []SinkFile     `yaml:"sinks"`
+	MetricsListen  string         `yaml:"metrics_listen"` // loopback address for /metrics; empty: none
 	LogLevel       string         `yaml:"log_level"`
 	AuditLog       string         `yaml:"audit_log"`
 }
@@ -174,6 +175,12 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 		ip := net.ParseIP(host)
 		if err != nil || ip == nil || !ip.IsLoopback() {
 			return bad(lineOf(root, "listen_tcp"), "listen_tcp", "must be a loopback address such as 127.0.0.1:8181, got %q", c.ListenTCP)
+		}
+	}
+	if c.MetricsListen != "" {
+		host, _, err := net.SplitHostPort(c.MetricsListen)
+		if ip := net.ParseIP(host); err != nil || ip == nil {
+			return bad(lineOf(root, "metrics_listen"), "metrics_listen", "want host:port, got %q", c.MetricsListen)
 		}
 	}
 	if len(c.Upstreams) == 0 {

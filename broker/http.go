@@ -29,7 +29,7 @@ type API struct {
 	allowUIDs []uint32
 	allowGIDs []uint32
 	log       *slog.Logger
-	onRequest func(status int, d time.Duration)
+	onRequest func(upstream string, status int, d time.Duration)
 }
 
 type tokenResponse struct {
@@ -91,10 +91,14 @@ func (a *API) allowed(r *http.Request) bool {
 
 func (a *API) serveToken(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w}
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	a.token(sw, r)
 	if a.onRequest != nil {
-		a.onRequest(sw.status, time.Since(start))
+		upstream := r.URL.Query().Get("upstream")
+		if _, _, ok := a.tokens(upstream); !ok {
+			upstream = "unknown" // never a caller-chosen label value
+		}
+		a.onRequest(upstream, sw.status, time.Since(start))
 	}
 }
 

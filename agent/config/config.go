@@ -1,18 +1,21 @@
 // Package config decodes the agent's YAML configuration strictly: an unknown
-// key, a wrong type or a bad value is an error of the form
-// "FILE:LINE: FIELD: message" (or `FILE:LINE: unknown key "k"`), so users can
-// find and fix it at once.
+// key, a duplicate key, a wrong type or a bad value is an error of the form
+// "FILE:LINE: FIELD: message" (or `FILE:LINE: unknown key "k"`), so users and
+// their scripts can find and fix it at once.
 //
-// Security: the config is operator input and is trusted, but it is validated
-// in full before anything uses it (selectors, SPIFFE IDs, TTLs, DNS names),
-// and a file larger than MaxFileSize is refused. Error messages quote only the
-// offending key or value.
+// Security: the config is operator input and is trusted to say what the
+// operator wants, but it is validated in full before anything uses it
+// (selectors, SPIFFE IDs and their trust domain, TTLs, DNS names, paths). A
+// file larger than MaxFileSize is refused, YAML aliases are refused (so no
+// alias expansion can multiply the work), and error messages quote only the
+// offending key or value, shortened. The config holds no secrets; keys of
+// the agent's CA live in data_dir, which this package never reads.
 package config
 
 import (
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -20,7 +23,7 @@ import (
 	"github.com/nodeward/nodeward/attestors/selector"
 )
 
-// MaxFileSize is the largest config or entries file accepted.
+// MaxFileSize is the largest config or entries file accepted (4 MiB).
 const MaxFileSize = 4 << 20
 
 // Defaults and bounds for entry TTLs.
@@ -33,7 +36,8 @@ const (
 // DefaultTrustDomain is the trust domain of the embedded default config.
 const DefaultTrustDomain = "nodeward.local"
 
-// Duration is a time.Duration written as "1h", "5m30s" in YAML.
+// Duration is a time.Duration written as "1h" or "5m30s" in YAML; a bare
+// integer is refused (it has no unit).
 type Duration time.Duration
 
 // Agent is the agent's configuration.
@@ -41,11 +45,14 @@ type Agent struct {
 	TrustDomain string
 	SocketPath  string
 	DataDir     string
+	// AdminListen is the host:port of /healthz, /readyz and /metrics; empty
+	// disables the admin listener.
 	AdminListen string
 	// JWTIssuer, when set, is the "iss" of JWT-SVIDs and the issuer of the
 	// OIDC discovery document on the admin listener.
 	JWTIssuer string
-	LogLevel  string
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
 	// AuditLog is where audit records go: "stdout" (default), "stderr",
 	// "off", or a file path (reopened on SIGUSR1).
 	AuditLog string
@@ -54,8 +61,11 @@ type Agent struct {
 	// the scheduler's idle spinning, which costs more CPU per call than it
 	// saves. 0 (the default when the GOMAXPROCS environment variable is set)
 	// leaves Go's own choice: all CPUs, or the container's CPU limit.
-	MaxProcs    int
-	Entries     []Entry
+	MaxProcs int
+	// Entries are the inline entries followed by those of EntriesFile.
+	Entries []Entry
+	// EntriesFile is entries_file as written (relative to the config file's
+	// directory when not absolute).
 	EntriesFile string
 	Guardrails  Guardrails
 	// Source is the file it came from ("" for the embedded default).
@@ -64,6 +74,7 @@ type Agent struct {
 
 // Entry is one registration entry as configured.
 type Entry struct {
+	// ID is the optional stable entry id.
 	ID        string
 	SPIFFEID  string
 	Selectors []string
@@ -76,10 +87,12 @@ type Entry struct {
 	// Expires is when the entry stops issuing (zero: never).
 	Expires time.Time
 
-	// Filled by validation.
-	ParsedID        spiffeid.ID
+	// ParsedID is SPIFFEID, parsed; filled by validation.
+	ParsedID spiffeid.ID
+	// ParsedSelectors are Selectors, parsed, in the same order; filled by
+	// validation.
 	ParsedSelectors []selector.Selector
-	// Pos is "file:line" of the entry.
+	// Pos is "file:line" of the entry, for later error messages.
 	Pos string
 }
 
@@ -98,7 +111,8 @@ func DefaultGuardrails() Guardrails {
 }
 
 // Default returns the embedded default: trust domain nodeward.local, the
-// default socket and data paths, no admin listener, and no entries (deny-all).
+// default socket and data paths, no admin listener, log level info, and no
+// entries (deny-all).
 func Default() *Agent {
 	return &Agent{
 		TrustDomain: DefaultTrustDomain,
@@ -118,68 +132,52 @@ func defaultMaxProcs() int {
 	return 1
 }
 
-// DefaultSocketPath is /run/nodeward/workload.sock for root, else
-// $XDG_RUNTIME_DIR/nodeward/workload.sock, else /tmp/nodeward-UID/workload.sock.
-func DefaultSocketPath() string {
-	if os.Geteuid() == 0 {
-		return "/run/nodeward/workload.sock"
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && filepath.IsAbs(d) {
-		return filepath.Join(d, "nodeward", "workload.sock")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("nodeward-%d", os.Geteuid()), "workload.sock")
-}
-
-// DefaultDataDir is /var/lib/nodeward for root, else $XDG_STATE_HOME/nodeward
-// or ~/.local/state/nodeward.
-func DefaultDataDir() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/nodeward"
-	}
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
-		return filepath.Join(d, "nodeward")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "nodeward")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("nodeward-%d-state", os.Geteuid()))
-}
-
-// Load reads the config file at path (and its entries_file).
+// Load reads the config file at path (and its entries_file); defaults fill
+// the keys it does not give.
 func Load(path string) (*Agent, error) {
 	data, err := readFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	return Parse(path, data)
 }
 
-// LoadEntries reads a file holding only a top-level `entries:` list. The
-// entries' SPIFFE IDs are checked for form, not against a trust domain.
+// Parse decodes a config held in data; name is the file name used in error
+// messages, and a relative entries_file is resolved against
+// filepath.Dir(name).
+func Parse(name string, data []byte) (*Agent, error) {
+	return parse(name, data, readFile)
+}
+
+// LoadEntries reads a file holding only a top-level `entries:` list (for
+// `nodeward entries check FILE`). The entries' SPIFFE IDs are checked for
+// form, not against a trust domain.
 func LoadEntries(path string) ([]Entry, error) {
 	data, err := readFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("config: %w", err)
 	}
-	return parseEntriesFile(path, data, spiffeid.TrustDomain{})
+	return parseEntriesFile(path, data, spiffeid.TrustDomain{}, map[string]string{})
 }
 
+// readFile reads at most MaxFileSize bytes of path. It reads rather than
+// trusting the file's size, so pipes (/dev/stdin, <(…)) work too.
 func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, err
 	}
-	if st.Size() > MaxFileSize {
-		return nil, fmt.Errorf("config: %s: larger than %d bytes", path, MaxFileSize)
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(path)
 	}
-	buf := make([]byte, st.Size())
-	if _, err := f.ReadAt(buf, 0); err != nil && st.Size() > 0 {
-		return nil, fmt.Errorf("config: %s: %w", path, err)
-	}
-	return buf, nil
+	return data, nil
+}
+
+func tooLarge(name string) error {
+	return fmt.Errorf("%s: %w: over %d bytes", name, ErrTooLarge, MaxFileSize)
 }

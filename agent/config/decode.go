@@ -5,65 +5,73 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
-
-	"github.com/nodeward/nodeward/attestors/selector"
 )
 
-// posError is an error at a place in a file.
-type posError struct {
-	file  string
-	line  int
-	field string
-	msg   string
-}
+// maxQuoted is how much of an offending value an error message quotes.
+const maxQuoted = 128
 
-func (e *posError) Error() string {
-	if e.field == "" {
-		return fmt.Sprintf("%s:%d: %s", e.file, e.line, e.msg)
-	}
-	return fmt.Sprintf("%s:%d: %s: %s", e.file, e.line, e.field, e.msg)
-}
-
+// decoder walks yaml.Nodes of one file, producing posErrors that name it.
 type decoder struct{ file string }
 
 func (d decoder) errf(n *yaml.Node, field, format string, args ...any) error {
+	return d.wrapf(n, field, nil, format, args...)
+}
+
+func (d decoder) wrapf(n *yaml.Node, field string, cause error, format string, args ...any) error {
 	line := 0
 	if n != nil {
 		line = n.Line
 	}
-	return &posError{file: d.file, line: line, field: field, msg: fmt.Sprintf(format, args...)}
+	return &posError{file: d.file, line: line, field: field, msg: fmt.Sprintf(format, args...), cause: cause}
 }
 
-// root parses data into a single document's top-level mapping (nil for an
-// empty file).
+// quote renders an offending value for an error message: Go-quoted and
+// shortened, so a message never carries more of the file than needed.
+func quote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "…"
+}
+
+// root parses data as a single YAML document and returns its top-level
+// mapping, or nil for an empty document.
 func (d decoder) root(data []byte) (*yaml.Node, error) {
-	var doc yaml.Node
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(d.file)
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
-		return nil, d.yamlErr(err)
+		return nil, d.yamlErr(data, err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return nil, d.errf(&extra, "", "more than one YAML document")
+		return nil, d.errf(&extra, "", "more than one YAML document (a second \"---\")")
 	} else if !errors.Is(err, io.EOF) {
-		return nil, d.yamlErr(err)
+		return nil, d.yamlErr(data, err)
+	}
+	if err := d.noAliases(&doc); err != nil {
+		return nil, err
 	}
 	if len(doc.Content) == 0 {
 		return nil, nil
 	}
 	m := doc.Content[0]
-	if m.Kind == yaml.ScalarNode && m.Tag == "!!null" {
+	if isNull(m) {
 		return nil, nil
 	}
 	if m.Kind != yaml.MappingNode {
@@ -72,38 +80,134 @@ func (d decoder) root(data []byte) (*yaml.Node, error) {
 	return m, nil
 }
 
-// yamlErr turns a yaml.v3 syntax error ("yaml: line N: msg") into FILE:N: msg.
-func (d decoder) yamlErr(err error) error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	var line int
-	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
-		msg = strings.TrimSpace(msg[strings.Index(msg, ":")+1:])
-		return &posError{file: d.file, line: line, msg: msg}
+// noAliases refuses YAML aliases anywhere in the tree: the schema has no use
+// for them, and refusing them means no input can make the walk repeat work.
+// Depth is bounded by yaml.v3 (10000 levels).
+func (d decoder) noAliases(n *yaml.Node) error {
+	if n.Kind == yaml.AliasNode {
+		return d.errf(n, "", "YAML aliases (*%s) are not supported: write the value out", n.Value)
 	}
-	return fmt.Errorf("%s: %s", d.file, msg)
+	for _, c := range n.Content {
+		if err := d.noAliases(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// fields walks a mapping, calling set for each known key and failing on
-// unknown or duplicate keys.
-func (d decoder) fields(m *yaml.Node, prefix string, known map[string]func(k, v *yaml.Node) error) error {
+// yamlErr turns a yaml.v3 syntax error ("yaml: line N: msg", or "yaml: msg"
+// when it has no line) into "FILE:N: invalid YAML: msg".
+func (d decoder) yamlErr(data []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if num, m, ok := strings.Cut(rest, ": "); ok {
+			if n, err := strconv.Atoi(num); err == nil && n > 0 {
+				line, msg = n, m
+			}
+		}
+	}
+	switch {
+	case line == 0:
+		line = guessLine(data, msg)
+	case parserError(msg):
+		// yaml.v3 reports the parser's (not the scanner's) errors at the
+		// 0-based line of their context; a problem at the end of the file
+		// is then one past the last line.
+		line = min(line+1, lastLine(data))
+	}
+	return &posError{file: d.file, line: line, msg: "invalid YAML: " + msg}
+}
+
+// parserError reports whether msg is one of yaml.v3's parser errors.
+func parserError(msg string) bool {
+	if strings.HasPrefix(msg, "did not find expected ") {
+		return true
+	}
+	switch msg {
+	case "found duplicate %YAML directive", "found incompatible YAML document",
+		"found duplicate %TAG directive", "found undefined tag handle":
+		return true
+	}
+	return false
+}
+
+// lastLine is the number of the file's last line.
+func lastLine(data []byte) int {
+	n := bytes.Count(data, []byte("\n"))
+	if len(data) == 0 || data[len(data)-1] != '\n' {
+		n++
+	}
+	return n
+}
+
+// guessLine finds the line of a yaml.v3 error that carries none. Reader
+// errors (bad UTF-8, control characters) are at the first such character;
+// an unknown anchor at its first use; any other error lacks a line only
+// because it is on the first (yaml.v3 omits "line 1").
+func guessLine(data []byte, msg string) int {
+	if name, ok := strings.CutPrefix(msg, "unknown anchor '"); ok {
+		name = strings.TrimSuffix(name, "' referenced")
+		if i := bytes.Index(data, []byte("*"+name)); i >= 0 {
+			return lineAt(data, i)
+		}
+	}
+	if strings.Contains(msg, "UTF-8") || strings.Contains(msg, "control characters") {
+		for i := 0; i < len(data); {
+			r, size := utf8.DecodeRune(data[i:])
+			if (r == utf8.RuneError && size <= 1) || !yamlPrintable(r, i) {
+				return lineAt(data, i)
+			}
+			i += size
+		}
+	}
+	return 1
+}
+
+// yamlPrintable is YAML 1.2's c-printable (a BOM only at the start).
+func yamlPrintable(r rune, offset int) bool {
+	switch {
+	case r == '\t', r == '\n', r == '\r', r >= 0x20 && r <= 0x7e, r == 0x85:
+		return true
+	case r == 0xfeff:
+		return offset == 0
+	case r >= 0xa0 && r <= 0xd7ff, r >= 0xe000 && r <= 0xfffd, r >= 0x10000 && r <= 0x10ffff:
+		return true
+	}
+	return false
+}
+
+func lineAt(data []byte, offset int) int {
+	return bytes.Count(data[:offset], []byte("\n")) + 1
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+}
+
+// fields walks mapping m, calling the setter of each key, and fails on an
+// unknown or duplicate key. where names the mapping in messages ("" for the
+// top level, "entries[0]", "guardrails").
+func (d decoder) fields(m *yaml.Node, where string, known map[string]func(v *yaml.Node) error) error {
+	in := ""
+	if where != "" {
+		in = " in " + where
+	}
 	seen := make(map[string]bool, len(m.Content)/2)
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k, v := m.Content[i], m.Content[i+1]
 		if k.Kind != yaml.ScalarNode {
-			return d.errf(k, prefix, "keys must be plain strings")
+			return d.errf(k, where, "keys must be plain strings")
 		}
 		set, ok := known[k.Value]
 		if !ok {
-			if prefix != "" {
-				return d.errf(k, "", "unknown key %q in %s", k.Value, prefix)
-			}
-			return d.errf(k, "", "unknown key %q", k.Value)
+			return d.wrapf(k, "", ErrUnknownKey, "unknown key %s%s", quote(k.Value), in)
 		}
 		if seen[k.Value] {
-			return d.errf(k, "", "duplicate key %q", k.Value)
+			return d.errf(k, "", "duplicate key %s%s", quote(k.Value), in)
 		}
 		seen[k.Value] = true
-		if err := set(k, v); err != nil {
+		if err := set(v); err != nil {
 			return err
 		}
 	}
@@ -111,19 +215,32 @@ func (d decoder) fields(m *yaml.Node, prefix string, known map[string]func(k, v 
 }
 
 func (d decoder) str(v *yaml.Node, field string, dst *string) error {
-	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
-		return d.errf(v, field, "want a string")
+	if v.Kind != yaml.ScalarNode || isNull(v) {
+		return d.errf(v, field, "want a string, got %s", kindName(v))
 	}
 	*dst = v.Value
 	return nil
 }
 
+// text is str for free text (ids, hints, owners): no control characters.
+func (d decoder) text(v *yaml.Node, field string, dst *string) error {
+	if err := d.str(v, field, dst); err != nil {
+		return err
+	}
+	for _, r := range *dst {
+		if r < 0x20 || r == 0x7f {
+			return d.errf(v, field, "contains a control character")
+		}
+	}
+	return nil
+}
+
 func (d decoder) strList(v *yaml.Node, field string, dst *[]string) error {
-	if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+	if isNull(v) {
 		return nil
 	}
 	if v.Kind != yaml.SequenceNode {
-		return d.errf(v, field, "want a list")
+		return d.errf(v, field, "want a list, got %s", kindName(v))
 	}
 	for i, item := range v.Content {
 		var s string
@@ -136,291 +253,42 @@ func (d decoder) strList(v *yaml.Node, field string, dst *[]string) error {
 }
 
 func (d decoder) duration(v *yaml.Node, field string, dst *Duration) error {
-	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
-		return d.errf(v, field, "want a duration such as 1h or 5m")
+	if v.Kind != yaml.ScalarNode || isNull(v) {
+		return d.errf(v, field, "want a duration such as 1h or 5m, got %s", kindName(v))
 	}
 	if v.Tag == "!!int" {
-		return d.errf(v, field, "invalid duration %q: give a unit, such as 1h or 300s", v.Value)
+		return d.errf(v, field, "invalid duration %s: give a unit, such as 1h or 300s", quote(v.Value))
 	}
 	dur, err := time.ParseDuration(v.Value)
 	if err != nil {
-		return d.errf(v, field, "invalid duration %q: want a duration such as 1h or 5m", v.Value)
+		return d.errf(v, field, "invalid duration %s: want a duration such as 1h or 5m30s", quote(v.Value))
 	}
 	if dur <= 0 || dur > MaxTTL {
-		return d.errf(v, field, "duration %s out of range (0, %s]", v.Value, "8760h")
+		return d.errf(v, field, "duration %s out of range: want more than 0s and at most 8760h (1 year)", quote(v.Value))
 	}
 	*dst = Duration(dur)
 	return nil
 }
 
-// Parse decodes a config held in data; name is the file name used in error
-// messages, and relative entries_file paths are resolved against its
-// directory.
-func Parse(name string, data []byte) (*Agent, error) {
-	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("config: %s: larger than %d bytes", name, MaxFileSize)
-	}
-	d := decoder{file: name}
-	cfg := Default()
-	cfg.Source = name
-	m, err := d.root(data)
-	if err != nil {
-		return nil, err
-	}
-	var entriesNode, tdNode *yaml.Node
-	if m != nil {
-		err = d.fields(m, "", map[string]func(k, v *yaml.Node) error{
-			"trust_domain": func(_, v *yaml.Node) error { tdNode = v; return d.str(v, "trust_domain", &cfg.TrustDomain) },
-			"socket_path": func(_, v *yaml.Node) error {
-				if err := d.str(v, "socket_path", &cfg.SocketPath); err != nil {
-					return err
-				}
-				if !filepath.IsAbs(cfg.SocketPath) {
-					return d.errf(v, "socket_path", "must be an absolute path, got %q", cfg.SocketPath)
-				}
-				return nil
-			},
-			"data_dir": func(_, v *yaml.Node) error {
-				if err := d.str(v, "data_dir", &cfg.DataDir); err != nil {
-					return err
-				}
-				if cfg.DataDir == "" {
-					return d.errf(v, "data_dir", "must not be empty")
-				}
-				return nil
-			},
-			"admin_listen": func(_, v *yaml.Node) error {
-				if v.Tag == "!!null" {
-					return nil
-				}
-				return d.str(v, "admin_listen", &cfg.AdminListen)
-			},
-			"log_level": func(_, v *yaml.Node) error {
-				if err := d.str(v, "log_level", &cfg.LogLevel); err != nil {
-					return err
-				}
-				switch cfg.LogLevel {
-				case "debug", "info", "warn", "error":
-					return nil
-				}
-				return d.errf(v, "log_level", "unknown level %q (want debug, info, warn or error)", cfg.LogLevel)
-			},
-			"jwt_issuer": func(_, v *yaml.Node) error {
-				if err := d.str(v, "jwt_issuer", &cfg.JWTIssuer); err != nil {
-					return err
-				}
-				u, err := url.Parse(cfg.JWTIssuer)
-				if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-					return d.errf(v, "jwt_issuer", "want an http(s) URL without query or fragment, got %q", cfg.JWTIssuer)
-				}
-				return nil
-			},
-			"audit_log": func(_, v *yaml.Node) error {
-				if err := d.str(v, "audit_log", &cfg.AuditLog); err != nil {
-					return err
-				}
-				switch {
-				case cfg.AuditLog == "stdout", cfg.AuditLog == "stderr", cfg.AuditLog == "off", filepath.IsAbs(cfg.AuditLog):
-					return nil
-				}
-				return d.errf(v, "audit_log", "want stdout, stderr, off or an absolute file path, got %q", cfg.AuditLog)
-			},
-			"max_procs": func(_, v *yaml.Node) error {
-				n, err := strconv.Atoi(v.Value)
-				if v.Kind != yaml.ScalarNode || v.Tag != "!!int" || err != nil || n < 0 || n > 1024 {
-					return d.errf(v, "max_procs", "want an integer from 0 (all CPUs) to 1024")
-				}
-				cfg.MaxProcs = n
-				return nil
-			},
-			"guardrails":   func(_, v *yaml.Node) error { return d.guardrails(v, &cfg.Guardrails) },
-			"entries":      func(_, v *yaml.Node) error { entriesNode = v; return nil },
-			"entries_file": func(_, v *yaml.Node) error { return d.str(v, "entries_file", &cfg.EntriesFile) },
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
-	if err != nil {
-		return nil, d.errf(tdNode, "trust_domain", "invalid trust domain %q: %v", cfg.TrustDomain, err)
-	}
-	if entriesNode != nil {
-		if cfg.Entries, err = d.entries(entriesNode, td); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.EntriesFile != "" {
-		p := cfg.EntriesFile
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(filepath.Dir(name), p)
-		}
-		data, err := readFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("%s: entries_file: %w", name, err)
-		}
-		more, err := parseEntriesFile(p, data, td)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Entries = append(cfg.Entries, more...)
-	}
-	return cfg, nil
-}
-
-func parseEntriesFile(name string, data []byte, td spiffeid.TrustDomain) ([]Entry, error) {
-	d := decoder{file: name}
-	m, err := d.root(data)
-	if err != nil || m == nil {
-		return nil, err
-	}
-	var out []Entry
-	err = d.fields(m, "", map[string]func(k, v *yaml.Node) error{
-		"entries": func(_, v *yaml.Node) error {
-			var err error
-			out, err = d.entries(v, td)
-			return err
-		},
-	})
-	return out, err
-}
-
-func (d decoder) entries(v *yaml.Node, td spiffeid.TrustDomain) ([]Entry, error) {
-	if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
-		return nil, nil
-	}
-	if v.Kind != yaml.SequenceNode {
-		return nil, d.errf(v, "entries", "want a list of entries")
-	}
-	out := make([]Entry, 0, len(v.Content))
-	for i, n := range v.Content {
-		e, err := d.entry(n, fmt.Sprintf("entries[%d]", i), td)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, nil
-}
-
-func (d decoder) entry(n *yaml.Node, field string, td spiffeid.TrustDomain) (Entry, error) {
-	e := Entry{X509TTL: Duration(DefaultX509TTL), JWTTTL: Duration(DefaultJWTTTL), Pos: fmt.Sprintf("%s:%d", d.file, n.Line)}
-	if n.Kind != yaml.MappingNode {
-		return e, d.errf(n, field, "want a mapping with spiffe_id and selectors")
-	}
-	var idNode, selNode *yaml.Node
-	err := d.fields(n, field, map[string]func(k, v *yaml.Node) error{
-		"id": func(_, v *yaml.Node) error { return d.str(v, field+".id", &e.ID) },
-		"spiffe_id": func(_, v *yaml.Node) error {
-			idNode = v
-			return d.str(v, field+".spiffe_id", &e.SPIFFEID)
-		},
-		"selectors": func(_, v *yaml.Node) error {
-			selNode = v
-			if err := d.strList(v, field+".selectors", &e.Selectors); err != nil {
-				return err
-			}
-			for i, s := range e.Selectors {
-				sel, err := selector.Parse(s)
-				if err != nil {
-					return d.errf(v.Content[i], fmt.Sprintf("%s.selectors[%d]", field, i), "%v", err)
-				}
-				e.ParsedSelectors = append(e.ParsedSelectors, sel)
-			}
-			return nil
-		},
-		"x509_ttl": func(_, v *yaml.Node) error { return d.duration(v, field+".x509_ttl", &e.X509TTL) },
-		"jwt_ttl":  func(_, v *yaml.Node) error { return d.duration(v, field+".jwt_ttl", &e.JWTTTL) },
-		"dns_names": func(_, v *yaml.Node) error {
-			if err := d.strList(v, field+".dns_names", &e.DNSNames); err != nil {
-				return err
-			}
-			for i, name := range e.DNSNames {
-				if !validDNSName(name) {
-					return d.errf(v.Content[i], fmt.Sprintf("%s.dns_names[%d]", field, i), "invalid DNS name %q", name)
-				}
-			}
-			return nil
-		},
-		"hint":  func(_, v *yaml.Node) error { return d.str(v, field+".hint", &e.Hint) },
-		"owner": func(_, v *yaml.Node) error { return d.str(v, field+".owner", &e.Owner) },
-		"expires": func(_, v *yaml.Node) error {
-			var raw string
-			if err := d.str(v, field+".expires", &raw); err != nil {
-				return err
-			}
-			for _, layout := range []string{time.RFC3339, "2006-01-02"} {
-				if t, err := time.Parse(layout, raw); err == nil {
-					e.Expires = t
-					return nil
-				}
-			}
-			return d.errf(v, field+".expires", "invalid date %q: want YYYY-MM-DD or RFC 3339", raw)
-		},
-	})
-	if err != nil {
-		return e, err
-	}
-	if idNode == nil {
-		return e, d.errf(n, field, "spiffe_id is required")
-	}
-	id, err := spiffeid.FromString(e.SPIFFEID)
-	if err != nil {
-		return e, d.errf(idNode, field+".spiffe_id", "invalid SPIFFE ID %q: %v", e.SPIFFEID, err)
-	}
-	if id.Path() == "" {
-		return e, d.errf(idNode, field+".spiffe_id", "%q has no path: a workload ID needs one", e.SPIFFEID)
-	}
-	if !td.IsZero() && id.TrustDomain() != td {
-		return e, d.errf(idNode, field+".spiffe_id", "%q is outside trust domain %s", e.SPIFFEID, td.Name())
-	}
-	e.ParsedID = id
-	if len(e.ParsedSelectors) == 0 {
-		at := selNode
-		if at == nil {
-			at = n
-		}
-		return e, d.errf(at, field+".selectors", "at least one selector is required (an entry without selectors would match every process)")
-	}
-	return e, nil
-}
-
-// validDNSName checks an RFC 1123 host name (a leading "*." wildcard allowed).
-func validDNSName(name string) bool {
-	name = strings.TrimPrefix(name, "*.")
-	if name == "" || len(name) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(name, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 func (d decoder) boolean(v *yaml.Node, field string, dst *bool) error {
-	if v.Kind != yaml.ScalarNode || v.Tag != "!!bool" {
-		return d.errf(v, field, "want true or false")
+	if v.Kind == yaml.ScalarNode && v.Tag == "!!bool" {
+		if b, err := strconv.ParseBool(strings.ToLower(v.Value)); err == nil {
+			*dst = b
+			return nil
+		}
 	}
-	*dst = v.Value == "true"
-	return nil
+	return d.errf(v, field, "want true or false, got %s", kindName(v))
 }
 
-func (d decoder) guardrails(v *yaml.Node, g *Guardrails) error {
-	if v.Kind != yaml.MappingNode {
-		return d.errf(v, "guardrails", "want a mapping")
+// kindName describes a node's type for "want X, got Y" messages.
+func kindName(v *yaml.Node) string {
+	switch {
+	case v.Kind == yaml.MappingNode:
+		return "a mapping"
+	case v.Kind == yaml.SequenceNode:
+		return "a list"
+	case isNull(v):
+		return "nothing"
 	}
-	return d.fields(v, "guardrails", map[string]func(k, v *yaml.Node) error{
-		"max_x509_ttl":    func(_, v *yaml.Node) error { return d.duration(v, "guardrails.max_x509_ttl", &g.MaxX509TTL) },
-		"max_jwt_ttl":     func(_, v *yaml.Node) error { return d.duration(v, "guardrails.max_jwt_ttl", &g.MaxJWTTTL) },
-		"require_owner":   func(_, v *yaml.Node) error { return d.boolean(v, "guardrails.require_owner", &g.RequireOwner) },
-		"require_expires": func(_, v *yaml.Node) error { return d.boolean(v, "guardrails.require_expires", &g.RequireExpires) },
-	})
+	return quote(v.Value)
 }

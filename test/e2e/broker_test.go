@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,6 +103,27 @@ func TestBrokerRidesOutIdPOutage(t *testing.T) {
 	}
 	if a := e.Token(t, "upstream=corp&audience=api"); a.AccessToken != cached.AccessToken {
 		t.Fatal("the cached token was dropped during the outage")
+	}
+	// The metrics tell the story: hits, upstream errors by class, breaker closed again.
+	resp, err := http.Get(e.MetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`nodeward_broker_breaker_state{upstream="corp"} 0`,
+		`nodeward_broker_upstream_errors_total{class="retryable",upstream="corp"}`,
+		`nodeward_broker_upstream_errors_total{class="unavailable",upstream="corp"}`,
+		`nodeward_broker_requests_total{status="503",upstream="corp"}`,
+		`nodeward_broker_cache_hits_total 20`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(string(body), "spiffe://") || strings.Contains(string(body), cached.AccessToken) {
+		t.Error("metrics carry a SPIFFE ID or a token")
 	}
 }
 

@@ -23,6 +23,8 @@ type BrokerEnv struct {
 	Client *http.Client
 	Broker *Agent
 	Dir    string
+	// MetricsURL is the broker's /metrics.
+	MetricsURL string
 	// Agent is the nodeward agent process; AgentConfig its config file.
 	Agent       *Agent
 	AgentConfig string
@@ -46,6 +48,7 @@ func StartBrokerEnv(t testing.TB, bin string, tokenTTL int, extra ...string) *Br
 	proxy := StartFaultProxy(t, idp.URL)
 
 	bsock := filepath.Join(dir, "broker.sock")
+	metrics := "127.0.0.1:" + FreePort(t)
 	bcfg := filepath.Join(dir, "broker.yaml")
 	err := os.WriteFile(bcfg, []byte(fmt.Sprintf(`workload_socket: unix://%s
 listen: %s
@@ -68,7 +71,8 @@ breaker:
   consecutive_failures: 2
   open_timeout: 1s
 log_level: debug
-%s`, sock, bsock, proxy.URL, idp.URL, strings.ReplaceAll(strings.Join(extra, ""), "$DIR", dir))), 0o644)
+metrics_listen: %s
+%s`, sock, bsock, proxy.URL, idp.URL, metrics, strings.ReplaceAll(strings.Join(extra, ""), "$DIR", dir))), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +91,7 @@ log_level: debug
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &BrokerEnv{IdP: idp, Proxy: proxy, Sock: bsock, Client: client, Broker: b, Dir: dir, Agent: agent, AgentConfig: cfg}
+	return &BrokerEnv{IdP: idp, Proxy: proxy, Sock: bsock, Client: client, Broker: b, Dir: dir, Agent: agent, AgentConfig: cfg, MetricsURL: "http://" + metrics + "/metrics"}
 }
 
 // TokenAnswer is the broker's answer to GET /v1/token.

@@ -1,0 +1,156 @@
+package config
+
+import (
+	"net"
+	"net/url"
+	"path/filepath"
+	"strconv"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+)
+
+// maxSocketPath is the longest path a Unix socket can bind (sun_path is 108
+// bytes including the terminating NUL).
+const maxSocketPath = 107
+
+// parse is Parse with the file reader for entries_file injected (the fuzz
+// target must not read the file system).
+func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent, error) {
+	d := decoder{file: name}
+	cfg := Default()
+	cfg.Source = name
+	m, err := d.root(data)
+	if err != nil {
+		return nil, err
+	}
+	var entriesNode, tdNode, entriesFileNode *yaml.Node
+	if m != nil {
+		err = d.fields(m, "", map[string]func(v *yaml.Node) error{
+			"trust_domain": func(v *yaml.Node) error { tdNode = v; return d.str(v, "trust_domain", &cfg.TrustDomain) },
+			"socket_path":  func(v *yaml.Node) error { return d.socketPath(v, &cfg.SocketPath) },
+			"data_dir": func(v *yaml.Node) error {
+				if err := d.str(v, "data_dir", &cfg.DataDir); err != nil {
+					return err
+				}
+				if cfg.DataDir == "" {
+					return d.errf(v, "data_dir", "must not be empty")
+				}
+				return nil
+			},
+			"admin_listen": func(v *yaml.Node) error { return d.adminListen(v, &cfg.AdminListen) },
+			"log_level": func(v *yaml.Node) error {
+				if err := d.str(v, "log_level", &cfg.LogLevel); err != nil {
+					return err
+				}
+				switch cfg.LogLevel {
+				case "debug", "info", "warn", "error":
+					return nil
+				}
+				return d.errf(v, "log_level", "unknown level %s (want debug, info, warn or error)", quote(cfg.LogLevel))
+			},
+			"jwt_issuer": func(v *yaml.Node) error {
+				if err := d.str(v, "jwt_issuer", &cfg.JWTIssuer); err != nil {
+					return err
+				}
+				u, err := url.Parse(cfg.JWTIssuer)
+				if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+					return d.errf(v, "jwt_issuer", "want an http(s) URL without query or fragment, got %s", quote(cfg.JWTIssuer))
+				}
+				return nil
+			},
+			"audit_log": func(v *yaml.Node) error {
+				if err := d.str(v, "audit_log", &cfg.AuditLog); err != nil {
+					return err
+				}
+				switch {
+				case cfg.AuditLog == "stdout", cfg.AuditLog == "stderr", cfg.AuditLog == "off", filepath.IsAbs(cfg.AuditLog):
+					return nil
+				}
+				return d.errf(v, "audit_log", "want stdout, stderr, off or an absolute file path, got %s", quote(cfg.AuditLog))
+			},
+			"max_procs": func(v *yaml.Node) error {
+				if v.Kind == yaml.ScalarNode && v.Tag == "!!int" {
+					if n, err := strconv.Atoi(v.Value); err == nil && n >= 0 && n <= 1024 {
+						cfg.MaxProcs = n
+						return nil
+					}
+				}
+				return d.errf(v, "max_procs", "want an integer from 0 (all CPUs) to 1024")
+			},
+			"guardrails": func(v *yaml.Node) error { return d.guardrails(v, &cfg.Guardrails) },
+			"entries":    func(v *yaml.Node) error { entriesNode = v; return nil },
+			"entries_file": func(v *yaml.Node) error {
+				entriesFileNode = v
+				return d.str(v, "entries_file", &cfg.EntriesFile)
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, d.wrapf(tdNode, "trust_domain", err, "invalid trust domain %s: %v", quote(cfg.TrustDomain), err)
+	}
+	ids := map[string]string{} // explicit entry id -> "file:line" of its entry
+	if entriesNode != nil {
+		if cfg.Entries, err = d.entries(entriesNode, td, ids); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.EntriesFile != "" {
+		p := cfg.EntriesFile
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(filepath.Dir(name), p)
+		}
+		data, err := read(p)
+		if err != nil {
+			return nil, d.wrapf(entriesFileNode, "entries_file", err, "%v", err)
+		}
+		more, err := parseEntriesFile(p, data, td, ids)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Entries = append(cfg.Entries, more...)
+	}
+	return cfg, nil
+}
+
+func (d decoder) socketPath(v *yaml.Node, dst *string) error {
+	if err := d.str(v, "socket_path", dst); err != nil {
+		return err
+	}
+	switch {
+	case !filepath.IsAbs(*dst):
+		return d.errf(v, "socket_path", "must be an absolute path, got %s", quote(*dst))
+	case len(*dst) > maxSocketPath:
+		return d.errf(v, "socket_path", "longer than %d bytes, the limit for a Unix socket path", maxSocketPath)
+	}
+	return nil
+}
+
+func (d decoder) adminListen(v *yaml.Node, dst *string) error {
+	if isNull(v) {
+		return nil
+	}
+	if err := d.str(v, "admin_listen", dst); err != nil || *dst == "" {
+		return err
+	}
+	if _, port, err := net.SplitHostPort(*dst); err != nil || port == "" {
+		return d.errf(v, "admin_listen", "want host:port such as 127.0.0.1:9464 (or nothing to disable), got %s", quote(*dst))
+	}
+	return nil
+}
+
+func (d decoder) guardrails(v *yaml.Node, g *Guardrails) error {
+	if v.Kind != yaml.MappingNode {
+		return d.errf(v, "guardrails", "want a mapping, got %s", kindName(v))
+	}
+	return d.fields(v, "guardrails", map[string]func(v *yaml.Node) error{
+		"max_x509_ttl":    func(v *yaml.Node) error { return d.duration(v, "guardrails.max_x509_ttl", &g.MaxX509TTL) },
+		"max_jwt_ttl":     func(v *yaml.Node) error { return d.duration(v, "guardrails.max_jwt_ttl", &g.MaxJWTTTL) },
+		"require_owner":   func(v *yaml.Node) error { return d.boolean(v, "guardrails.require_owner", &g.RequireOwner) },
+		"require_expires": func(v *yaml.Node) error { return d.boolean(v, "guardrails.require_expires", &g.RequireExpires) },
+	})
+}

@@ -1,0 +1,84 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the broker's Prometheus metrics (prefix nodeward_broker_).
+// Labels are upstream names, HTTP statuses, error classes and results:
+// never SPIFFE IDs, audiences or tokens.
+type Metrics struct {
+	Requests      *prometheus.CounterVec // upstream, status
+	CacheHits     prometheus.Counter
+	CacheMisses   prometheus.Counter
+	Evictions     prometheus.Counter
+	Refreshes     *prometheus.CounterVec   // result: ok, error
+	UpstreamTime  *prometheus.HistogramVec // upstream
+	UpstreamError *prometheus.CounterVec   // upstream, class: rejected, retryable, breaker_open
+	BreakerState  *prometheus.GaugeVec     // upstream: 0 closed, 1 half-open, 2 open
+}
+
+// NewMetrics registers the broker's metrics on r.
+func NewMetrics(r prometheus.Registerer, cachedKeys func() float64) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodeward_broker_requests_total",
+			Help: "Token API requests, by upstream and HTTP status."}, []string{"upstream", "status"}),
+		CacheHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_cache_hits_total",
+			Help: "Token requests served from the cache."}),
+		CacheMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_cache_misses_total",
+			Help: "Token requests that needed an upstream call (concurrent misses for a key share one)."}),
+		Evictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_cache_evictions_total",
+			Help: "Cached tokens dropped: idle, LRU-evicted or of a revoked identity."}),
+		Refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodeward_broker_refreshes_total",
+			Help: "Background token refreshes, by result."}, []string{"result"}),
+		UpstreamTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "nodeward_broker_upstream_duration_seconds",
+			Help: "Duration of token requests to upstream IdPs.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"upstream"}),
+		UpstreamError: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodeward_broker_upstream_errors_total",
+			Help: "Failed upstream token requests by class (rejected: a 4xx from the IdP; retryable: timeouts, resets, 5xx, 429, garbage; unavailable: breaker open or Retry-After)."}, []string{"upstream", "class"}),
+		BreakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodeward_broker_breaker_state",
+			Help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open."}, []string{"upstream"}),
+	}
+	r.MustRegister(m.Requests, m.CacheHits, m.CacheMisses, m.Evictions, m.Refreshes, m.UpstreamTime, m.UpstreamError, m.BreakerState,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nodeward_broker_cached_tokens", Help: "Tokens in the cache."}, cachedKeys))
+	return m
+}
+
+func breakerValue(state string) float64 {
+	switch state {
+	case "half-open":
+		return 1
+	case "open":
+		return 2
+	}
+	return 0
+}
+
+// instrumented measures the upstream calls of one upstream's breaker.
+type instrumented struct {
+	name string
+	next Source
+	m    *Metrics
+}
+
+func (s instrumented) Token(ctx context.Context, k Key) (*Token, error) {
+	start := time.Now()
+	tok, err := s.next.Token(ctx, k)
+	var un *UnavailableError
+	switch {
+	case err == nil:
+		s.m.UpstreamTime.WithLabelValues(s.name).Observe(time.Since(start).Seconds())
+	case errors.As(err, &un):
+		s.m.UpstreamError.WithLabelValues(s.name, "unavailable").Inc()
+	case retryable(err):
+		s.m.UpstreamTime.WithLabelValues(s.name).Observe(time.Since(start).Seconds())
+		s.m.UpstreamError.WithLabelValues(s.name, "retryable").Inc()
+	default:
+		s.m.UpstreamTime.WithLabelValues(s.name).Observe(time.Since(start).Seconds())
+		s.m.UpstreamError.WithLabelValues(s.name, "rejected").Inc()
+	}
+	return tok, err
+}
