@@ -67,7 +67,10 @@ type Agent struct {
 	// EntriesFile is entries_file as written (relative to the config file's
 	// directory when not absolute).
 	EntriesFile string
-	Guardrails  Guardrails
+	// Broker is the text of the `broker:` section (nil when absent), padded
+	// with empty lines so that broker.ParseConfig reports this file's lines.
+	Broker     []byte
+	Guardrails Guardrails
 	// Source is the file it came from ("" for the embedded default).
 	Source string
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -80,6 +81,11 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 			},
 			"guardrails": func(v *yaml.Node) error { return d.guardrails(v, &cfg.Guardrails) },
 			"entries":    func(v *yaml.Node) error { entriesNode = v; return nil },
+			"broker": func(v *yaml.Node) error {
+				b, err := d.section(m, "broker", v, data)
+				cfg.Broker = b
+				return err
+			},
 			"entries_file": func(v *yaml.Node) error {
 				entriesFileNode = v
 				return d.str(v, "entries_file", &cfg.EntriesFile)
@@ -153,4 +159,29 @@ func (d decoder) guardrails(v *yaml.Node, g *Guardrails) error {
 		"require_owner":   func(v *yaml.Node) error { return d.boolean(v, "guardrails.require_owner", &g.RequireOwner) },
 		"require_expires": func(v *yaml.Node) error { return d.boolean(v, "guardrails.require_expires", &g.RequireExpires) },
 	})
+}
+
+// section returns the text of the block mapping v (the value of top-level
+// key name), preceded by as many empty lines as come before it, so that a
+// decoder of that text reports the lines of this file.
+func (d decoder) section(root *yaml.Node, name string, v *yaml.Node, data []byte) ([]byte, error) {
+	if v.Kind != yaml.MappingNode || v.Style&yaml.FlowStyle != 0 {
+		return nil, d.errf(v, name, "want a block mapping (one key per line)")
+	}
+	start := v.Line // 1-based first line of the section's content
+	end := -1       // 1-based line of the next top-level key, or -1 for EOF
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if k := root.Content[i]; k.Line > start && (end < 0 || k.Line < end) {
+			end = k.Line
+		}
+	}
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	var out []byte
+	for i := 1; i < start; i++ {
+		out = append(out, '\n')
+	}
+	for i := start; i <= len(lines) && (end < 0 || i < end); i++ {
+		out = append(out, lines[i-1]...)
+	}
+	return out, nil
 }

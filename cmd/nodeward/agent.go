@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,8 +11,11 @@ import (
 	"runtime"
 	"syscall"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/nodeward/nodeward/agent"
 	"github.com/nodeward/nodeward/agent/config"
+	"github.com/nodeward/nodeward/broker"
 )
 
 func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -71,7 +75,31 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 			}
 		}
 	}()
-	return a.Run(ctx)
+	if cfg.Broker == nil {
+		return a.Run(ctx)
+	}
+	// The broker runs inside the agent: same process, its own socket; it
+	// talks to the agent over the Workload API like any client, so the
+	// agent's own binary and uid need a registration entry.
+	b, err := embeddedBroker(cfg, log)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.Run(gctx) })
+	g.Go(func() error { return b.Run(gctx) })
+	return g.Wait()
+}
+
+func embeddedBroker(cfg *config.Agent, log *slog.Logger) (*broker.Broker, error) {
+	bcfg, err := broker.ParseConfig(cfg.Source, cfg.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("broker section: %w", err)
+	}
+	if !bytes.Contains(cfg.Broker, []byte("workload_socket:")) {
+		bcfg.WorkloadSocket = "unix://" + cfg.SocketPath
+	}
+	return broker.New(bcfg, log.With("component", "broker"))
 }
 
 func loadConfig(path string) (*config.Agent, error) {

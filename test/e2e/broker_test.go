@@ -218,3 +218,48 @@ func TestBrokerDropsTokensOfRevokedIdentity(t *testing.T) {
 		t.Error("broker did not log the purge")
 	}
 }
+
+// TestBrokerInsideAgent runs the broker from the agent's own config (`broker:`).
+func TestBrokerInsideAgent(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	admin := "127.0.0.1:" + testutil.FreePort(t)
+	idp := testutil.StartIdPLater(t)
+	bsock := filepath.Join(dir, "broker.sock")
+	extra := fmt.Sprintf(`admin_listen: %s
+entries:
+  - spiffe_id: spiffe://example.org/node-broker
+    selectors: [unix:uid:%d, "unix:path:%s"]
+broker:
+  listen: %s
+  upstreams:
+    - name: corp
+      token_endpoint: %s/token
+      grant: token-exchange
+      client_id: nodeward-broker
+      svid_audience: nodeward-idp
+`, admin, os.Geteuid(), bin, bsock, idp.URL)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", extra)
+	a := testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	idp.Start(t, "http://"+admin+"/keys", "nodeward-idp", "example.org", 600)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, errOut, code := testutil.Run(t, bin, nil, "token", "--socket", bsock, "--upstream", "corp", "--audience", "api")
+		if code == 0 && len(strings.TrimSpace(out)) > 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no token from the broker inside the agent: %d %s %s\nagent log:\n%s", code, out, errOut, a.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A bad broker section names the file and line.
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("trust_domain: example.org\nbroker:\n  listen: /tmp/x.sock\n  upstreams:\n    - name: corp\n      token_endpoint: https://idp/token\n      grant: password\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := testutil.Run(t, bin, nil, "agent", "--config", bad)
+	if code != 1 || !strings.Contains(errOut, "bad.yaml:7: upstreams[0].grant") {
+		t.Fatalf("bad broker section: %d %s", code, errOut)
+	}
+}

@@ -17,8 +17,9 @@ import (
 // IdP is the real OAuth2 authorization server of test/idp (oidc-provider)
 // running as a child process.
 type IdP struct {
-	URL string
-	cmd *exec.Cmd
+	URL  string
+	port string
+	cmd  *exec.Cmd
 }
 
 // StartIdP starts test/idp/server.mjs on a free port, trusting JWT-SVIDs of
@@ -26,6 +27,22 @@ type IdP struct {
 // skips the test when Node or the harness's npm packages are missing, except
 // under CI, where they must be there (.ci/run installs them).
 func StartIdP(t testing.TB, jwksURL, svidAudience, trustDomain string, tokenTTL int) *IdP {
+	t.Helper()
+	i := StartIdPLater(t)
+	i.Start(t, jwksURL, svidAudience, trustDomain, tokenTTL)
+	return i
+}
+
+// StartIdPLater reserves the IdP's port (so its URL can go into configs)
+// without starting it: call Start once the agent's JWKS is reachable.
+func StartIdPLater(t testing.TB) *IdP {
+	t.Helper()
+	port := FreePort(t)
+	return &IdP{URL: "http://127.0.0.1:" + port, port: port}
+}
+
+// Start runs the IdP on the reserved port.
+func (i *IdP) Start(t testing.TB, jwksURL, svidAudience, trustDomain string, tokenTTL int) {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	dir := filepath.Join(filepath.Dir(file), "..", "idp")
@@ -35,8 +52,7 @@ func StartIdP(t testing.TB, jwksURL, svidAudience, trustDomain string, tokenTTL 
 		}
 		t.Skipf("the test IdP needs node and `npm ci` in %s", dir)
 	}
-	port := FreePort(t)
-	cmd := exec.Command("node", "server.mjs", port, jwksURL, svidAudience, trustDomain)
+	cmd := exec.Command("node", "server.mjs", i.port, jwksURL, svidAudience, trustDomain)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), fmt.Sprintf("IDP_TOKEN_TTL=%d", tokenTTL))
 	out, err := cmd.StdoutPipe()
@@ -74,7 +90,7 @@ func StartIdP(t testing.TB, jwksURL, svidAudience, trustDomain string, tokenTTL 
 	case <-time.After(20 * time.Second):
 		t.Fatal("IdP not ready within 20s")
 	}
-	return &IdP{URL: "http://127.0.0.1:" + port, cmd: cmd}
+	i.cmd = cmd
 }
 
 // Grants returns how many tokens the IdP has issued.
