@@ -335,48 +335,34 @@ func sameX509(a, b *workload.X509SVIDResponse) bool {
 
 // FetchX509Bundles streams the X.509 bundles the caller may trust.
 func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
-	ctx := stream.Context()
-	c, err := s.attest(ctx, "FetchX509Bundles")
-	if err != nil {
-		return err
-	}
-	var last map[string][]byte
-	for {
-		changed := s.backend.Changed()
-		b, err := s.backend.X509Bundles(c.sels)
-		if err != nil {
-			return s.toStatus("FetchX509Bundles", c, err)
-		}
-		if last == nil || !sameBundles(last, b) {
-			if err := stream.Send(&workload.X509BundlesResponse{Bundles: b}); err != nil {
-				return err
-			}
-			last = b
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-		}
-	}
+	return s.streamBundles(stream.Context(), "FetchX509Bundles", s.backend.X509Bundles, func(b map[string][]byte) error {
+		return stream.Send(&workload.X509BundlesResponse{Bundles: b})
+	})
 }
 
 // FetchJWTBundles streams the JWT bundles (JWKS documents) the caller may trust.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
-	ctx := stream.Context()
-	c, err := s.attest(ctx, "FetchJWTBundles")
+	return s.streamBundles(stream.Context(), "FetchJWTBundles", s.backend.JWTBundles, func(b map[string][]byte) error {
+		return stream.Send(&workload.JWTBundlesResponse{Bundles: b})
+	})
+}
+
+// streamBundles attests the caller, sends its bundles at once, and again
+// whenever they change, until the stream ends.
+func (s *Server) streamBundles(ctx context.Context, rpc string, bundles func([]selector.Selector) (map[string][]byte, error), send func(map[string][]byte) error) error {
+	c, err := s.attest(ctx, rpc)
 	if err != nil {
 		return err
 	}
 	var last map[string][]byte
 	for {
 		changed := s.backend.Changed()
-		b, err := s.backend.JWTBundles(c.sels)
+		b, err := bundles(c.sels)
 		if err != nil {
-			return s.toStatus("FetchJWTBundles", c, err)
+			return s.toStatus(rpc, c, err)
 		}
 		if last == nil || !sameBundles(last, b) {
-			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: b}); err != nil {
+			if err := send(b); err != nil {
 				return err
 			}
 			last = b
