@@ -27,20 +27,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "nodeward-bench-")
-	if err != nil {
-		panic(err)
-	}
-	bin, err = testutil.BuildBinary(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testutil.MainWithBinary(m, &bin) }
 
 // entries grants this benchmark binary (its uid and path) an identity.
 func entries() string {
@@ -133,18 +120,10 @@ func runCalls(b *testing.B, a *testutil.Agent, conc int, call rpc) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	cpu1, rss := procStat(b, a.Cmd.Process.Pid)
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	all := reportLatencies(b, lat, elapsed, "calls/s")
 	if len(all) == 0 {
 		return
 	}
-	pct := func(p float64) float64 { return float64(all[int(float64(len(all)-1)*p)].Nanoseconds()) / 1e3 }
-	b.ReportMetric(pct(0.50), "p50-µs")
-	b.ReportMetric(pct(0.99), "p99-µs")
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "calls/s")
 	b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(len(all)), "agent-cpu-µs/call")
 	b.ReportMetric(float64(rss)/1024, "agent-rss-MiB")
 }
@@ -258,4 +237,22 @@ func BenchmarkStartToFirstSVID(b *testing.B) {
 		_ = cmd.Wait()
 	}
 	b.ReportMetric(float64(total.Microseconds())/float64(b.N)/1e3, "ms-to-first-svid")
+}
+
+// reportLatencies merges per-goroutine latencies and reports p50, p99 and
+// the rate (unit, e.g. "calls/s"); it returns the merged, sorted latencies.
+func reportLatencies(b *testing.B, lat [][]time.Duration, elapsed time.Duration, unit string) []time.Duration {
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	pct := func(p float64) float64 { return float64(all[int(float64(len(all)-1)*p)].Nanoseconds()) / 1e3 }
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), unit)
+	return all
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -60,18 +59,10 @@ func BenchmarkBrokerCachedToken(b *testing.B) {
 			elapsed := time.Since(start)
 			b.StopTimer()
 			cpu1, rss := procStat(b, e.Broker.Cmd.Process.Pid)
-			var all []time.Duration
-			for _, l := range lat {
-				all = append(all, l...)
-			}
+			all := reportLatencies(b, lat, elapsed, "req/s")
 			if len(all) == 0 {
 				return
 			}
-			sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-			pct := func(p float64) float64 { return float64(all[int(float64(len(all)-1)*p)].Nanoseconds()) / 1e3 }
-			b.ReportMetric(pct(0.50), "p50-µs")
-			b.ReportMetric(pct(0.99), "p99-µs")
-			b.ReportMetric(float64(len(all))/elapsed.Seconds(), "req/s")
 			b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(len(all)), "broker-cpu-µs/req")
 			b.ReportMetric(float64(rss)/1024, "broker-rss-MiB")
 		})

@@ -22,20 +22,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "nodeward-bin-")
-	if err != nil {
-		panic(err)
-	}
-	bin, err = testutil.BuildBinary(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testutil.MainWithBinary(m, &bin) }
 
 // selfEntries grants the nodeward CLI binary, run by this uid, an identity.
 func selfEntries() string {

@@ -165,3 +165,21 @@ func Run(t testing.TB, bin string, env []string, args ...string) (string, string
 	}
 	return stdout.String(), stderr.String(), code
 }
+
+// MainWithBinary builds the nodeward binary into a temporary directory, sets
+// *bin to its path, runs the tests and exits. For a package's TestMain.
+func MainWithBinary(m *testing.M, bin *string) {
+	dir, err := os.MkdirTemp("", "nodeward-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin, err = BuildBinary(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
