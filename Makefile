@@ -8,7 +8,7 @@ PKGS      := ./...
 RUN_DIR   := .run
 FUZZTIME  ?= 20s
 
-.PHONY: all build test test-short bench fuzz lint vet staticcheck fmt-check generate generate-check tidy-check packages run clean
+.PHONY: all build idp-deps test test-short bench fuzz lint vet staticcheck fmt-check generate generate-check tidy-check packages run clean
 
 all: build
 
@@ -16,8 +16,16 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nodeward
 
 # The README's test command: lint, then every test with the race detector.
-test: lint
+# The broker's end-to-end tests need the real IdP of test/idp (Node.js).
+test: lint idp-deps
 	$(GO) test -race -count=1 -timeout 10m $(PKGS)
+
+# Installs the test IdP's npm packages (pinned by package-lock.json) once.
+idp-deps: test/idp/node_modules/.package-lock.json
+
+test/idp/node_modules/.package-lock.json: test/idp/package-lock.json
+	@if command -v npm >/dev/null; then cd test/idp && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the broker tests against the real IdP will be skipped (CI installs Node.js)"; fi
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
