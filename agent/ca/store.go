@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -20,25 +21,36 @@ import (
 
 // File names inside the data directory.
 const (
-	RootKeyFile  = "ca_key.pem"
-	RootCertFile = "ca_cert.pem"
-	JWTKeyFile   = "jwt_key.pem"
+	RootKeyFile  = "ca_key.pem"  // PKCS#8 PEM, ECDSA P-256, mode 0600
+	RootCertFile = "ca_cert.pem" // PEM certificate, mode 0644
+	JWTKeyFile   = "jwt_key.pem" // PKCS#8 PEM, ECDSA P-256, mode 0600
+)
+
+const (
+	defaultRootTTL = 5 * 365 * 24 * time.Hour
+	maxFileSize    = 64 << 10 // a PEM key or certificate is a few hundred bytes
 )
 
 // LoadOrCreate loads the CA from cfg.Dir, creating the directory, keys and
-// root certificate when they do not exist yet.
+// root certificate when they do not exist yet. The same root and JWT key
+// are reused across restarts; a root past 80% of its lifetime is replaced
+// by a new one for the same key (so SVIDs issued under the old one still
+// verify).
 func LoadOrCreate(cfg Config) (*CA, error) {
 	if cfg.TrustDomain.IsZero() {
-		return nil, errors.New("ca: trust domain is required")
+		return nil, fmt.Errorf("ca: %w: trust domain is required", ErrInvalidConfig)
 	}
 	if cfg.Dir == "" {
-		return nil, errors.New("ca: data dir is required")
+		return nil, fmt.Errorf("ca: %w: data dir is required", ErrInvalidConfig)
+	}
+	if cfg.RootTTL < 0 {
+		return nil, fmt.Errorf("ca: %w: negative root ttl %v", ErrInvalidConfig, cfg.RootTTL)
+	}
+	if cfg.RootTTL == 0 {
+		cfg.RootTTL = defaultRootTTL
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
-	}
-	if cfg.RootTTL <= 0 {
-		cfg.RootTTL = defaultRootTTL
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -67,13 +79,13 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 		jwtIssuer: cfg.JWTIssuer,
 	}
 	if err := c.finish(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ca: %w", err)
 	}
 	return c, nil
 }
 
-// ensureDir creates dir 0700, or checks that an existing one is not
-// writable by group or others.
+// ensureDir creates dir 0700, or checks that an existing one is a directory
+// that group and others cannot write to.
 func ensureDir(dir string) error {
 	st, err := os.Stat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -86,107 +98,144 @@ func ensureDir(dir string) error {
 		return fmt.Errorf("data dir %s: %w", dir, err)
 	}
 	if !st.IsDir() {
-		return fmt.Errorf("data dir %s: not a directory", dir)
+		return fmt.Errorf("data dir %s: %w: not a directory", dir, ErrInvalidConfig)
 	}
-	if st.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("data dir %s: %w: mode %v is group or other writable", dir, ErrUnsafeFile, st.Mode().Perm())
+	if perm := st.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("data dir %s: %w: mode %#o is group or other writable (chmod 0700 it)", dir, ErrUnsafeFile, perm)
 	}
 	return nil
 }
 
+// readFile reads a regular file of at most maxFileSize bytes. With private
+// set, a file anyone but its owner may access is refused. The mode is
+// checked on the open file, so it is the one that is read.
+func readFile(path string, private bool) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }() // read-only: nothing to lose on close
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: not a regular file", path, ErrCorruptFile)
+	}
+	if perm := st.Mode().Perm(); private && perm&^0o600 != 0 {
+		return nil, fmt.Errorf("%s: %w: mode %#o, want 0600", path, ErrUnsafeFile, perm)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("%s: %w: larger than %d bytes", path, ErrCorruptFile, maxFileSize)
+	}
+	return data, nil
+}
+
+// loadOrCreateKey loads the P-256 key at path or creates it.
 func loadOrCreateKey(path string, log *slog.Logger) (*ecdsa.PrivateKey, error) {
-	st, err := os.Stat(path)
+	data, err := readFile(path, true)
 	if errors.Is(err, fs.ErrNotExist) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, fmt.Errorf("generate key %s: %w", path, err)
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return nil, fmt.Errorf("encode key %s: %w", path, err)
-		}
-		if err := atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-			return nil, err
-		}
-		log.Info("created key", "file", path)
-		return key, nil
+		return createKey(path, log)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", path, err)
+		return nil, fmt.Errorf("key: %w", err)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("key %s: %w: mode %v, want 0600", path, ErrUnsafeFile, st.Mode().Perm())
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", path, err)
-	}
-	// Errors below name the file only: never its content.
+	// Errors below name the file only, never its content.
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("key %s: no PKCS#8 PEM block", path)
+		return nil, fmt.Errorf("key %s: %w: no PKCS#8 PEM block (\"PRIVATE KEY\")", path, ErrCorruptFile)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("key %s: malformed PKCS#8 key", path)
+		return nil, fmt.Errorf("key %s: %w: malformed PKCS#8 key", path, ErrCorruptFile)
 	}
 	ek, ok := k.(*ecdsa.PrivateKey)
 	if !ok || ek.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("key %s: not an ECDSA P-256 key", path)
+		return nil, fmt.Errorf("key %s: %w: not an ECDSA P-256 key", path, ErrCorruptFile)
 	}
 	return ek, nil
 }
 
+func createKey(path string, log *slog.Logger) (*ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: generate: %w", path, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: encode: %w", path, err)
+	}
+	if err := atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, fmt.Errorf("key: %w", err)
+	}
+	log.Info("created key", "file", path)
+	return key, nil
+}
+
+// loadOrCreateRoot loads the root certificate and checks that it is a CA
+// for cfg.TrustDomain, self-signed by key; it creates a root when there is
+// none or when the stored one is past 80% of its lifetime.
 func loadOrCreateRoot(cfg Config, key crypto.Signer) (*x509.Certificate, error) {
 	path := filepath.Join(cfg.Dir, RootCertFile)
 	now := cfg.Clock()
-	data, err := os.ReadFile(path)
+	data, err := readFile(path, false)
 	switch {
 	case err == nil:
-		root, err := parseRoot(path, data)
+		root, err := parseRoot(path, data, cfg, key)
 		if err != nil {
 			return nil, err
 		}
-		if got := root.URIs; len(got) != 1 || got[0].String() != cfg.TrustDomain.IDString() {
-			return nil, fmt.Errorf("root %s belongs to another trust domain (%v), not %s: move the data dir aside or fix trust_domain",
-				path, got, cfg.TrustDomain.IDString())
-		}
-		if !publicKeysEqual(root.PublicKey, key.Public()) {
-			return nil, fmt.Errorf("root %s does not match key %s", path, RootKeyFile)
+		if now.Before(root.NotBefore) {
+			cfg.Logger.Warn("clock is before the root certificate's start: SVIDs will not verify until the clock is right",
+				"file", path, "not_before", root.NotBefore, "now", now)
 		}
 		life := root.NotAfter.Sub(root.NotBefore)
-		if now.Before(root.NotBefore.Add(life * 8 / 10)) {
+		if now.Before(root.NotBefore.Add(life / 10 * 8)) {
 			return root, nil
 		}
-		cfg.Logger.Warn("root certificate past 80% of its lifetime: replacing it", "file", path, "not_after", root.NotAfter)
+		cfg.Logger.Warn("root certificate past 80% of its lifetime: replacing it (same key)", "file", path, "not_after", root.NotAfter)
 	case errors.Is(err, fs.ErrNotExist):
 	default:
-		return nil, fmt.Errorf("root %s: %w", path, err)
+		return nil, fmt.Errorf("root: %w", err)
 	}
 	root, err := newRoot(cfg.TrustDomain, key, now, cfg.RootTTL)
 	if err != nil {
 		return nil, err
 	}
 	if err := atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o644); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("root: %w", err)
 	}
 	cfg.Logger.Info("created root certificate", "file", path, "trust_domain", cfg.TrustDomain.Name(), "not_after", root.NotAfter)
 	return root, nil
 }
 
-func parseRoot(path string, data []byte) (*x509.Certificate, error) {
+// parseRoot parses a stored root and checks it belongs to cfg.TrustDomain
+// and key.
+func parseRoot(path string, data []byte, cfg Config, key crypto.Signer) (*x509.Certificate, error) {
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("root %s: no CERTIFICATE PEM block", path)
+		return nil, fmt.Errorf("root %s: %w: no CERTIFICATE PEM block", path, ErrCorruptFile)
 	}
-	c, err := x509.ParseCertificate(block.Bytes)
+	root, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("root %s: %w", path, err)
+		return nil, fmt.Errorf("root %s: %w: %w", path, ErrCorruptFile, err)
 	}
-	return c, nil
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ea, ok := a.(*ecdsa.PublicKey)
-	return ok && ea.Equal(b)
+	if uris := root.URIs; len(uris) != 1 || uris[0].String() != cfg.TrustDomain.IDString() {
+		return nil, fmt.Errorf("root %s: %w: it belongs to %v, not %s: fix trust_domain, or move the data dir aside to start a new trust domain",
+			path, ErrTrustDomainMismatch, uris, cfg.TrustDomain.IDString())
+	}
+	if !root.IsCA || !root.BasicConstraintsValid {
+		return nil, fmt.Errorf("root %s: %w: not a CA certificate", path, ErrCorruptFile)
+	}
+	if pub, ok := root.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
+		return nil, fmt.Errorf("root %s: %w: does not match key %s", path, ErrCorruptFile, RootKeyFile)
+	}
+	if err := root.CheckSignatureFrom(root); err != nil {
+		return nil, fmt.Errorf("root %s: %w: bad self-signature: %w", path, ErrCorruptFile, err)
+	}
+	return root, nil
 }

@@ -27,6 +27,7 @@ type Finding struct {
 	Message  string
 }
 
+// String renders the finding as "pos: severity: code: message".
 func (f Finding) String() string {
 	pos := f.Pos
 	if pos == "" {

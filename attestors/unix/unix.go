@@ -1,29 +1,47 @@
 // Package unix is the Unix workload attestor: it turns a PID into selectors
-// read from /proc — effective uid and gid, their names, supplementary groups,
-// the binary's path and its SHA-256.
+// read from /proc — effective uid and gid, their names, supplementary
+// groups, the binary's path and its SHA-256:
 //
-// Security: everything comes from the kernel (/proc), never from the
-// workload's own environment or arguments. The binary is hashed through
-// /proc/PID/exe itself, so a file replaced on disk after exec cannot
-// impersonate the running binary. Reads are bounded in size and time. The
-// caller must re-check that the PID still belongs to the process it
-// pinned (pidfd) after Attest returns.
+//	unix:uid:<euid>  unix:gid:<egid>  unix:user:<name>  unix:group:<name>
+//	unix:supplementary-gid:<gid>  unix:path:<exe>  unix:sha256:<hex>
+//
+// Security assumptions:
+//   - Everything comes from the kernel (/proc), never from the workload's
+//     own environment or arguments. The caller must re-check, after Attest
+//     returns, that the PID still belongs to the process it pinned (pidfd):
+//     /proc/PID of a process that exited may describe whoever reused the PID.
+//   - Selectors describe the process when /proc is read, not when it
+//     connected: a process may connect, pass the connection to a child and
+//     exec another binary, even a set-user-ID one. The caller should compare
+//     unix:uid with the uid SO_PEERCRED captured at connect and refuse a
+//     mismatch; path and sha256 do not separate processes of one uid (which
+//     may ptrace each other anyway).
+//   - The binary is hashed through /proc/PID/exe itself, so a file replaced
+//     or modified on disk after exec cannot impersonate the running binary.
+//     Hashes are cached by device, inode, size, mtime and ctime; ctime
+//     cannot be set by a file's owner, so rewriting a binary in place always
+//     changes the key.
+//   - unix:path is the target of /proc/PID/exe as the agent sees it. A binary
+//     deleted or replaced since exec reads "PATH (deleted)"; it is kept so,
+//     and never matches an entry naming the new file's path.
+//   - User and group names come from the agent's user database (os/user),
+//     which may differ from a container's /etc/passwd; ids are authoritative.
+//   - An agent that may not read /proc/PID/exe (another user's process,
+//     without privileges) omits path and sha256: entries that need them do
+//     not match (fail closed). So do binaries over MaxHashBytes and hashes
+//     slower than HashTimeout.
+//   - Reads are bounded in size (/proc files) and time (hashing).
 package unix
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -37,18 +55,26 @@ const (
 	// Type is the selector type this attestor produces.
 	Type = "unix"
 
-	defaultMaxHash  = 256 << 20
-	defaultHashTime = 2 * time.Second
-	maxStatusBytes  = 64 << 10
-	nameTTL         = time.Minute
+	// DefaultMaxHashBytes is the default Config.MaxHashBytes.
+	DefaultMaxHashBytes = 256 << 20
+	// DefaultHashTimeout is the default Config.HashTimeout.
+	DefaultHashTimeout = 2 * time.Second
+
+	hashCacheSize = 1024
 )
 
-// Config configures the attestor.
+// Config configures the attestor. Zero values select the defaults.
 type Config struct {
-	ProcRoot     string        // default "/proc"
-	MaxHashBytes int64         // larger binaries get no sha256 selector (default 256 MiB)
-	HashTimeout  time.Duration // a slower hash is abandoned: no sha256 selector (default 2s)
-	Logger       *slog.Logger
+	// ProcRoot is where procfs is mounted (default "/proc").
+	ProcRoot string
+	// MaxHashBytes: binaries larger than this get no sha256 selector
+	// (default DefaultMaxHashBytes, 256 MiB).
+	MaxHashBytes int64
+	// HashTimeout: a hash that takes longer is abandoned and the sha256
+	// selector omitted, logged at warn (default DefaultHashTimeout, 2s).
+	HashTimeout time.Duration
+	// Logger receives debug and warn records (default: discarded).
+	Logger *slog.Logger
 }
 
 // Attestor is the Unix workload attestor. It is safe for concurrent use.
@@ -57,22 +83,9 @@ type Attestor struct {
 	log     *slog.Logger
 	hashing atomic.Bool
 	hashes  *lru.Cache[fileKey, string]
-	hashRun func() // test hook: called once per hash actually computed
-
-	namesMu sync.Mutex
-	names   map[string]cachedName
-}
-
-type fileKey struct {
-	dev, ino uint64
-	size     int64
-	mtime    int64
-}
-
-type cachedName struct {
-	name string
-	ok   bool
-	at   time.Time
+	names   *names
+	// hashRun, if set, is called once per hash actually computed (tests).
+	hashRun func()
 }
 
 var _ interface {
@@ -85,16 +98,19 @@ func New(cfg Config) *Attestor {
 		cfg.ProcRoot = "/proc"
 	}
 	if cfg.MaxHashBytes <= 0 {
-		cfg.MaxHashBytes = defaultMaxHash
+		cfg.MaxHashBytes = DefaultMaxHashBytes
 	}
 	if cfg.HashTimeout <= 0 {
-		cfg.HashTimeout = defaultHashTime
+		cfg.HashTimeout = DefaultHashTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	c, _ := lru.New[fileKey, string](1024)
-	a := &Attestor{cfg: cfg, log: cfg.Logger, hashes: c, names: make(map[string]cachedName)}
+	c, err := lru.New[fileKey, string](hashCacheSize)
+	if err != nil {
+		panic(err) // only for a size <= 0
+	}
+	a := &Attestor{cfg: cfg, log: cfg.Logger, hashes: c, names: newNames()}
 	a.hashing.Store(true)
 	return a
 }
@@ -110,8 +126,12 @@ func (a *Attestor) SetHashing(on bool) { a.hashing.Store(on) }
 // (a binary not yet in the hash cache is read in full).
 func (a *Attestor) MayBlock() bool { return a.hashing.Load() }
 
-// Attest returns the selectors of process pid, sorted.
+// Attest returns the selectors of process pid, sorted. A process that does
+// not exist gives an error wrapping ErrProcessGone.
 func (a *Attestor) Attest(ctx context.Context, pid int32) ([]selector.Selector, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("unix attestor: invalid pid %d", pid)
+	}
 	dir := filepath.Join(a.cfg.ProcRoot, strconv.Itoa(int(pid)))
 	st, err := readStatus(filepath.Join(dir, "status"))
 	if err != nil {
@@ -124,10 +144,10 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]selector.Selector, 
 	gid := strconv.FormatUint(uint64(st.GID), 10)
 	sels := make([]selector.Selector, 0, 8+len(st.Groups))
 	sels = append(sels, selector.New(Type, "uid", uid), selector.New(Type, "gid", gid))
-	if n, ok := a.lookup("u", uid); ok {
+	if n, ok := a.names.lookup(kindUser, uid); ok {
 		sels = append(sels, selector.New(Type, "user", n))
 	}
-	if n, ok := a.lookup("g", gid); ok {
+	if n, ok := a.names.lookup(kindGroup, gid); ok {
 		sels = append(sels, selector.New(Type, "group", n))
 	}
 	for _, g := range st.Groups {
@@ -137,136 +157,37 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]selector.Selector, 
 	path, err := os.Readlink(exe)
 	switch {
 	case err == nil:
-		// A binary deleted or replaced since exec reads "PATH (deleted)";
-		// it is kept as is, so it never matches the new file's path.
-		sels = append(sels, selector.New(Type, "path", path))
+		// Kept as is, " (deleted)" suffix included (see the package doc).
+		if p := selector.New(Type, "path", path); valid(p) {
+			sels = append(sels, p)
+		} else {
+			a.log.Debug("unix attestor: binary path cannot be a selector: no path selector", "pid", pid)
+		}
 		if a.hashing.Load() {
-			if sum, ok := a.hash(ctx, exe, pid); ok {
+			sum, err := a.hash(ctx, exe, pid)
+			if err != nil {
+				return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
+			}
+			if sum != "" {
 				sels = append(sels, selector.New(Type, "sha256", sum))
 			}
 		}
 	case errors.Is(err, fs.ErrPermission):
-		a.log.Debug("unix attestor: cannot read exe (no permission): no path or sha256 selectors", "pid", pid)
+		a.log.Debug("unix attestor: may not read the process's exe: no path or sha256 selectors", "pid", pid)
 	case errors.Is(err, fs.ErrNotExist):
-		// Kernel threads and zombies have no exe; a vanished process is caught by the pidfd check.
-		a.log.Debug("unix attestor: no exe link", "pid", pid)
+		// Kernel threads and zombies have no exe; a process that is gone
+		// is caught by the caller's pidfd check.
+		a.log.Debug("unix attestor: no exe link: no path or sha256 selectors", "pid", pid)
 	default:
 		return nil, fmt.Errorf("unix attestor: pid %d: exe: %w", pid, err)
 	}
 	return selector.Sort(sels), nil
 }
 
-// lookup resolves a uid ("u") or gid ("g") to its name, cached for nameTTL.
-func (a *Attestor) lookup(kind, id string) (string, bool) {
-	key := kind + id
-	now := time.Now()
-	a.namesMu.Lock()
-	c, hit := a.names[key]
-	a.namesMu.Unlock()
-	if hit && now.Sub(c.at) < nameTTL {
-		return c.name, c.ok
-	}
-	var name string
-	var ok bool
-	if kind == "u" {
-		if u, err := user.LookupId(id); err == nil {
-			name, ok = u.Username, true
-		}
-	} else if g, err := user.LookupGroupId(id); err == nil {
-		name, ok = g.Name, true
-	}
-	a.namesMu.Lock()
-	if len(a.names) > 4096 {
-		clear(a.names)
-	}
-	a.names[key] = cachedName{name: name, ok: ok, at: now}
-	a.namesMu.Unlock()
-	return name, ok
-}
-
-// hash returns the hex SHA-256 of the binary behind exe, from the cache when
-// the file (device, inode, size, mtime) is unchanged.
-func (a *Attestor) hash(ctx context.Context, exe string, pid int32) (string, bool) {
-	f, err := os.Open(exe)
-	if err != nil {
-		a.log.Debug("unix attestor: cannot open exe: no sha256 selector", "pid", pid, "err", err)
-		return "", false
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", false
-	}
-	sys, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return "", false
-	}
-	key := fileKey{dev: sys.Dev, ino: sys.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if sum, ok := a.hashes.Get(key); ok {
-		return sum, true
-	}
-	if fi.Size() > a.cfg.MaxHashBytes {
-		a.log.Warn("unix attestor: binary larger than the hash limit: no sha256 selector",
-			"pid", pid, "size", fi.Size(), "limit", a.cfg.MaxHashBytes)
-		return "", false
-	}
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.HashTimeout)
-	defer cancel()
-	if a.hashRun != nil {
-		a.hashRun()
-	}
-	h := sha256.New()
-	buf := make([]byte, 256<<10)
-	r := io.LimitReader(f, a.cfg.MaxHashBytes+1)
-	var n int64
-	for {
-		if err := ctx.Err(); err != nil {
-			a.log.Warn("unix attestor: hashing took too long: no sha256 selector", "pid", pid, "err", err)
-			return "", false
-		}
-		m, err := r.Read(buf)
-		h.Write(buf[:m])
-		n += int64(m)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			a.log.Debug("unix attestor: read exe", "pid", pid, "err", err)
-			return "", false
-		}
-	}
-	if n > a.cfg.MaxHashBytes {
-		return "", false
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
-	a.hashes.Add(key, sum)
-	return sum, true
-}
-
-// statusBufs holds buffers for /proc/PID/status (about 1.5 KiB).
-var statusBufs = sync.Pool{New: func() any { b := make([]byte, maxStatusBytes); return &b }}
-
-// readStatus reads /proc/PID/status into a pooled buffer, at most
-// maxStatusBytes, and parses it.
-func readStatus(path string) (status, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return status{}, err
-	}
-	defer f.Close()
-	bp := statusBufs.Get().(*[]byte)
-	defer statusBufs.Put(bp)
-	buf := *bp
-	n := 0
-	for n < len(buf) {
-		m, err := f.Read(buf[n:])
-		n += m
-		if err == io.EOF || m == 0 {
-			break
-		}
-		if err != nil {
-			return status{}, err
-		}
-	}
-	return parseStatus(buf[:n])
+// valid reports whether s could be written in configuration (no control
+// characters or invalid UTF-8, bounded length): a path that could never
+// match an entry is left out rather than carried into logs.
+func valid(s selector.Selector) bool {
+	_, err := selector.Parse(s.String())
+	return err == nil
 }

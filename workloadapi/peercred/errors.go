@@ -4,11 +4,14 @@ import "errors"
 
 // Sentinel errors.
 var (
-	// ErrProcessGone: the process that connected has exited; its PID may
-	// already belong to another process.
+	// ErrProcessGone: the process that connected has exited (or its pidfd
+	// was closed); its PID may already belong to another process.
 	ErrProcessGone = errors.New("peer process has exited")
-	// ErrSocketInUse: a live agent already serves the socket path.
+	// ErrSocketInUse: a live process already listens on the socket path.
 	ErrSocketInUse = errors.New("socket is in use by a live process")
-	// ErrUnsafeDir: the socket's directory may be written by other users.
+	// ErrUnsafeDir: the socket's directory may be written by users other
+	// than the agent's (or root).
 	ErrUnsafeDir = errors.New("socket directory is writable by other users")
+	// ErrUnsupported: peer credentials are only implemented on Linux.
+	ErrUnsupported = errors.New("peer credentials are not supported on this system")
 )

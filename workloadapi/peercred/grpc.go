@@ -41,10 +41,14 @@ func TransportCredentials() credentials.TransportCredentials { return creds{} }
 
 type creds struct{}
 
+// ClientHandshake is not supported: these are server credentials.
 func (creds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	return nil, nil, errors.New("peercred: client handshake not supported")
 }
 
+// ServerHandshake reads the peer credentials of a Unix connection. On error
+// gRPC closes the raw connection; on success the returned conn closes the
+// pidfd together with the socket.
 func (creds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
@@ -52,20 +56,24 @@ func (creds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error)
 	}
 	info, err := Get(uc)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("peercred handshake: %w", err)
 	}
 	return &conn{UnixConn: uc, info: info}, AuthInfo{
+		// A local socket: nobody but the kernel sits between the peers.
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		Info:           info,
 	}, nil
 }
 
+// Info names the protocol.
 func (creds) Info() credentials.ProtocolInfo {
 	return credentials.ProtocolInfo{SecurityProtocol: AuthType}
 }
 
+// Clone returns the (stateless) credentials themselves.
 func (c creds) Clone() credentials.TransportCredentials { return c }
 
+// OverrideServerName is a no-op: there is no server name to check.
 func (creds) OverrideServerName(string) error { return nil }
 
 // conn closes the pidfd together with the connection.
@@ -74,8 +82,7 @@ type conn struct {
 	info *Info
 }
 
+// Close closes the socket and the pidfd.
 func (c *conn) Close() error {
-	err := c.UnixConn.Close()
-	_ = c.info.Close()
-	return err
+	return errors.Join(c.UnixConn.Close(), c.info.Close())
 }

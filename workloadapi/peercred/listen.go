@@ -11,22 +11,28 @@ import (
 	"time"
 )
 
+// probeTimeout bounds the dial that tells a live socket from a stale one.
+const probeTimeout = time.Second
+
 // Listen prepares path for a Workload API socket and listens on it:
-//   - the parent directory is created 0755 when missing; an existing one that
-//     is group- or other-writable, or owned by someone other than us or root,
-//     is refused (ErrUnsafeDir): only the agent's user may place or replace
-//     the socket;
+//   - the parent directory is created 0755 when missing; one that is group-
+//     or other-writable, or owned by someone other than the effective user
+//     or root (or is a symlink owned by someone else), is refused with
+//     ErrUnsafeDir: only the agent's user may place or replace the socket;
 //   - an existing path must be a socket; it is dial-probed: a live listener
 //     gives ErrSocketInUse (a live agent's socket is never stolen), a refused
-//     connection means a stale socket left by a crashed agent, which is removed;
-//   - the socket is made 0777: every local user may connect, and attestation,
-//     not file modes, decides who gets which identity.
+//     connection means a stale socket left by a crashed agent, which is
+//     removed;
+//   - the socket is made 0777: every local user may connect, and
+//     attestation, not file modes, decides who gets which identity.
+//
+// Closing the listener removes the socket file.
 func Listen(path string) (*net.UnixListener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("socket %s: path must be absolute", path)
 	}
-	dir := filepath.Dir(path)
-	if err := checkDir(dir); err != nil {
+	path = filepath.Clean(path)
+	if err := prepareDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
 	if err := removeStale(path); err != nil {
@@ -37,24 +43,50 @@ func Listen(path string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o777); err != nil {
-		_ = l.Close()
+		if cerr := l.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
 		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
 	}
 	return l, nil
 }
 
-func checkDir(dir string) error {
-	st, err := os.Stat(dir)
+// prepareDir creates dir (0755) if missing and checks that only we or root
+// can write it. A directory someone else created in the meantime is checked
+// like any existing one, never adopted.
+func prepareDir(dir string) error {
+	err := os.Mkdir(dir, 0o755)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 			return fmt.Errorf("socket directory %s: %w", dir, err)
 		}
-		// MkdirAll is subject to the umask; make the mode exact.
+		err = os.Mkdir(dir, 0o755)
+	}
+	switch {
+	case err == nil:
+		// Mkdir is subject to the umask; make the mode exact.
 		if err := os.Chmod(dir, 0o755); err != nil {
 			return fmt.Errorf("socket directory %s: %w", dir, err)
 		}
-		return nil
+	case !errors.Is(err, fs.ErrExist):
+		return fmt.Errorf("socket directory %s: %w", dir, err)
 	}
+	return checkDir(dir)
+}
+
+// checkDir refuses a directory that users other than us or root may write.
+func checkDir(dir string) error {
+	lst, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory %s: %w", dir, err)
+	}
+	if lst.Mode().Type() == fs.ModeSymlink {
+		// Whoever owns the link can point it elsewhere later.
+		if err := checkOwner(dir, lst); err != nil {
+			return fmt.Errorf("socket directory %s is a symlink: %w", dir, err)
+		}
+	}
+	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("socket directory %s: %w", dir, err)
 	}
@@ -64,14 +96,21 @@ func checkDir(dir string) error {
 	if st.Mode().Perm()&0o022 != 0 {
 		return fmt.Errorf("socket directory %s (mode %v): %w", dir, st.Mode().Perm(), ErrUnsafeDir)
 	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		if sys.Uid != 0 && int(sys.Uid) != os.Geteuid() {
-			return fmt.Errorf("socket directory %s is owned by uid %d: %w", dir, sys.Uid, ErrUnsafeDir)
-		}
+	return checkOwner(dir, st)
+}
+
+func checkOwner(name string, fi fs.FileInfo) error {
+	sys, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("socket directory %s: cannot tell its owner: %w", name, ErrUnsafeDir)
+	}
+	if sys.Uid != 0 && int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("socket directory %s is owned by uid %d: %w", name, sys.Uid, ErrUnsafeDir)
 	}
 	return nil
 }
 
+// removeStale removes a socket at path that nobody listens on.
 func removeStale(path string) error {
 	st, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -83,12 +122,15 @@ func removeStale(path string) error {
 	if st.Mode().Type() != fs.ModeSocket {
 		return fmt.Errorf("socket %s: exists and is not a socket; refusing to replace it", path)
 	}
-	c, err := net.DialTimeout("unix", path, time.Second)
+	c, err := net.DialTimeout("unix", path, probeTimeout)
 	if err == nil {
-		_ = c.Close()
+		if cerr := c.Close(); cerr != nil {
+			return fmt.Errorf("socket %s: %w (closing the probe: %v)", path, ErrSocketInUse, cerr)
+		}
 		return fmt.Errorf("socket %s: %w", path, ErrSocketInUse)
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
+		// Anything else (a full backlog, EACCES…) may be a live agent.
 		return fmt.Errorf("socket %s: probe: %w", path, err)
 	}
 	if err := os.Remove(path); err != nil {

@@ -1,14 +1,3 @@
-// Package peercred identifies the process on the other end of a Unix socket
-// connection from kernel-supplied credentials (SO_PEERCRED) and pins it with
-// a pidfd (SO_PEERPIDFD on Linux >= 6.5, pidfd_open otherwise), so that a
-// process that exits and whose PID is reused can never be taken for another.
-//
-// Security: nothing here trusts the peer's own words. The pidfd obtained
-// through SO_PEERPIDFD refers to the process that connected, whatever
-// happened to its PID since; with the pidfd_open fallback there is a short
-// window between accept and pidfd_open. CheckAlive must be called after
-// reading /proc: a process that exited in between may have had its PID
-// reused, so what was read cannot be trusted (fail closed).
 package peercred
 
 import (
@@ -20,8 +9,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// PIDFD sources reported by Info.PIDFDSource.
+const (
+	SourcePeerPIDFD = "SO_PEERPIDFD" // the kernel's reference to the connecting process
+	SourcePidfdOpen = "pidfd_open"   // opened by PID after accept (kernel < 6.5)
+)
+
 // Info is what the kernel says about the process on the other end of a
-// connection.
+// connection. PID, UID and GID (effective ids) are those the peer had when
+// it called connect(2) (or socketpair(2)); the process may have changed
+// its ids or exec'd another binary since.
 type Info struct {
 	PID int32
 	UID uint32
@@ -32,60 +29,106 @@ type Info struct {
 	source string
 }
 
-// Get reads the peer credentials of c and pins the peer with a pidfd. The
-// caller must Close the Info.
+// Get reads the peer credentials of c (SO_PEERCRED) and pins the peer with
+// a pidfd: SO_PEERPIDFD where the kernel has it (>= 6.5), pidfd_open(PID)
+// otherwise. A peer that has already exited gives an error wrapping
+// ErrProcessGone. The caller must Close the Info.
 func Get(c *net.UnixConn) (*Info, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("peer credentials: %w", err)
 	}
 	var (
-		cred   *unix.Ucred
-		pidfd  = -1
-		source string
-		opErr  error
+		cred             *unix.Ucred
+		pidfd            = -1
+		credErr, pfdErr  error
+		supportsPeerPFDs = peerPIDFDSupported()
 	)
 	err = rc.Control(func(fd uintptr) {
-		cred, opErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if opErr != nil {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if credErr != nil {
 			return
 		}
-		pfd, e := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
-		if e == nil {
-			pidfd, source = pfd, "SO_PEERPIDFD"
-		} else if !errors.Is(e, unix.ENOPROTOOPT) && !errors.Is(e, unix.EINVAL) {
-			opErr = fmt.Errorf("SO_PEERPIDFD: %w", e)
+		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
+			pidfd = v
+		} else {
+			pfdErr = err
 		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peer credentials: %w", err)
 	}
-	if opErr != nil {
-		if errors.Is(opErr, unix.ESRCH) {
-			return nil, fmt.Errorf("peer credentials: %w", ErrProcessGone)
-		}
-		return nil, fmt.Errorf("peer credentials: %w", opErr)
+	if credErr != nil {
+		return nil, fmt.Errorf("peer credentials: SO_PEERCRED: %w", credErr)
+	}
+	fallback, err := classifyPeerPIDFD(pfdErr, supportsPeerPFDs)
+	if err != nil {
+		return nil, fmt.Errorf("peer credentials of pid %d: SO_PEERPIDFD: %w", cred.Pid, err)
 	}
 	if cred.Pid <= 0 {
-		return nil, errors.New("peer credentials: peer has no PID in this namespace")
+		if pidfd >= 0 {
+			_ = unix.Close(pidfd) // nothing to report: the Info is not returned
+		}
+		return nil, errors.New("peer credentials: the peer has no PID in this PID namespace")
 	}
-	if pidfd < 0 {
-		pidfd, err = unix.PidfdOpen(int(cred.Pid), unix.PIDFD_NONBLOCK)
+	source := SourcePeerPIDFD
+	if fallback {
+		// The connecting process may have exited and its PID been reused
+		// between connect and here; SO_PEERPIDFD has no such window.
+		pidfd, err = unix.PidfdOpen(int(cred.Pid), 0)
 		if err != nil {
 			if errors.Is(err, unix.ESRCH) {
 				return nil, fmt.Errorf("pidfd_open %d: %w", cred.Pid, ErrProcessGone)
 			}
 			return nil, fmt.Errorf("pidfd_open %d: %w", cred.Pid, err)
 		}
-		source = "pidfd_open"
+		source = SourcePidfdOpen
 	}
-	unix.CloseOnExec(pidfd)
+	// Both SO_PEERPIDFD and pidfd_open return close-on-exec descriptors.
 	return &Info{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, pidfd: pidfd, source: source}, nil
 }
 
+// classifyPeerPIDFD interprets the result of getsockopt(SO_PEERPIDFD):
+// fallback is true when the kernel does not offer the option and the pidfd
+// must be opened by PID. supported says whether this kernel was seen to
+// support SO_PEERPIDFD: there, EINVAL (kernels 6.5 to 6.14) and ESRCH (later)
+// both mean the peer has already been reaped, and falling back to
+// pidfd_open(PID) could pin whatever process reuses its PID.
+func classifyPeerPIDFD(err error, supported bool) (fallback bool, _ error) {
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, unix.ESRCH):
+		return false, ErrProcessGone
+	case errors.Is(err, unix.EINVAL) && supported:
+		return false, fmt.Errorf("%w (%v)", ErrProcessGone, err)
+	case errors.Is(err, unix.ENOPROTOOPT), errors.Is(err, unix.EINVAL):
+		return true, nil
+	default:
+		return false, err
+	}
+}
+
+// peerPIDFDSupported probes once, on a socket pair of our own, whether the
+// kernel supports SO_PEERPIDFD.
+var peerPIDFDSupported = sync.OnceValue(func() bool {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	pidfd, err := unix.GetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+	if err != nil {
+		return false
+	}
+	_ = unix.Close(pidfd) // a probe: only success matters
+	return true
+})
+
 // CheckAlive returns nil while the process that connected is still running,
 // and an error wrapping ErrProcessGone once it has exited (a zombie counts as
-// gone: its PID is about to be free).
+// gone: its PID is about to be free) or once the Info is closed.
 func (i *Info) CheckAlive() error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -101,6 +144,8 @@ func (i *Info) CheckAlive() error {
 		if err != nil {
 			return fmt.Errorf("pid %d: poll pidfd: %w", i.PID, err)
 		}
+		// POLLIN: exited; POLLHUP: reaped; POLLNVAL cannot happen while
+		// mu is held, and would count as gone too (fail closed).
 		if n > 0 && fds[0].Revents != 0 {
 			return fmt.Errorf("pid %d: %w", i.PID, ErrProcessGone)
 		}
@@ -108,7 +153,8 @@ func (i *Info) CheckAlive() error {
 	}
 }
 
-// PIDFDSource says how the pidfd was obtained: "SO_PEERPIDFD" or "pidfd_open".
+// PIDFDSource says how the pidfd was obtained: SourcePeerPIDFD
+// ("SO_PEERPIDFD") or SourcePidfdOpen ("pidfd_open").
 func (i *Info) PIDFDSource() string { return i.source }
 
 // Close releases the pidfd. It is idempotent.
@@ -121,7 +167,7 @@ func (i *Info) Close() error {
 	err := unix.Close(i.pidfd)
 	i.pidfd = -1
 	if err != nil {
-		return fmt.Errorf("close pidfd: %w", err)
+		return fmt.Errorf("close pidfd of pid %d: %w", i.PID, err)
 	}
 	return nil
 }

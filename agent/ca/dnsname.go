@@ -1,0 +1,30 @@
+package ca
+
+import "strings"
+
+// validDNSName checks an RFC 1123 host name for a DNS SAN: at most 253
+// bytes, labels of 1–63 letters, digits and inner hyphens, a top-level label
+// that is not all digits (so no IP addresses), and an optional leading "*."
+// wildcard. These are the rules agent/config applies to dns_names.
+func validDNSName(name string) bool {
+	if len(name) > 253 {
+		return false
+	}
+	name = strings.TrimPrefix(name, "*.")
+	if name == "" {
+		return false
+	}
+	labels := strings.Split(name, ".")
+	for _, label := range labels {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return strings.Trim(labels[len(labels)-1], "0123456789") != ""
+}

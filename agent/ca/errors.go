@@ -1,0 +1,31 @@
+package ca
+
+import "errors"
+
+// Sentinel errors. Every error LoadOrCreate and the Mint methods return wraps
+// one of these (or an I/O or crypto error from the standard library), so a
+// caller can tell configuration problems from transient ones with errors.Is.
+var (
+	// ErrInvalidConfig: Config lacks a trust domain or data directory, or
+	// has a negative RootTTL.
+	ErrInvalidConfig = errors.New("invalid CA config")
+	// ErrUnsafeFile: the data directory is writable by group or others, or
+	// a key file is readable or writable by anyone but its owner.
+	ErrUnsafeFile = errors.New("file permissions too open")
+	// ErrCorruptFile: a key or certificate file cannot be parsed, holds the
+	// wrong kind of key, or does not belong with the other files.
+	ErrCorruptFile = errors.New("corrupt CA file")
+	// ErrTrustDomainMismatch: the stored root belongs to another trust
+	// domain than the configured one.
+	ErrTrustDomainMismatch = errors.New("trust domain mismatch")
+	// ErrBadTTL: a lifetime is zero or negative.
+	ErrBadTTL = errors.New("ttl must be positive")
+	// ErrBadID: the SPIFFE ID is zero, has no path, or is outside the CA's
+	// trust domain.
+	ErrBadID = errors.New("invalid SPIFFE ID for an SVID")
+	// ErrBadDNSName: a DNS SAN is not a valid host name.
+	ErrBadDNSName = errors.New("invalid DNS name")
+	// ErrBadAudience: a JWT-SVID audience list is empty or has an empty
+	// member.
+	ErrBadAudience = errors.New("invalid JWT-SVID audience")
+)
