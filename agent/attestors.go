@@ -24,7 +24,9 @@ const DefaultAttestTimeout = 2 * time.Second
 
 // BuiltIns returns the compiled-in workload attestors, in order.
 func BuiltIns(log *slog.Logger) (*unix.Attestor, []WorkloadAttestor) {
-	u := unix.New(unix.Config{Logger: log})
+	// A slow hash must give up (and omit the sha256 selector) well before
+	// the whole attestation's deadline fails the caller.
+	u := unix.New(unix.Config{Logger: log, HashTimeout: DefaultAttestTimeout / 2})
 	return u, []WorkloadAttestor{u, cgroup.New(cgroup.Config{})}
 }
 

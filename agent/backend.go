@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -11,6 +12,7 @@ import (
 	"github.com/nodeward/nodeward/agent/identity"
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/attestors/unix"
 	"github.com/nodeward/nodeward/workloadapi"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
@@ -45,7 +47,29 @@ func (b backend) Attest(ctx context.Context, p *peercred.Info) (sels []selector.
 	if err := p.CheckAlive(); err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
+	if err := checkPeerUID(sels, p.UID); err != nil {
+		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
+	}
 	return sels, nil
+}
+
+// ErrUIDChanged: the process that opened the connection no longer runs
+// under the effective uid it connected with.
+var ErrUIDChanged = errors.New("effective uid changed since connect")
+
+// checkPeerUID refuses a peer whose attested unix:uid differs from the uid
+// SO_PEERCRED captured at connect. The connecting process may have handed
+// the connection to another process and then exec'd a set-user-ID binary
+// (or dropped privileges): /proc then describes someone other than who is
+// talking, so nothing read from it may become an identity.
+func checkPeerUID(sels []selector.Selector, uid uint32) error {
+	want := strconv.FormatUint(uint64(uid), 10)
+	for _, s := range sels {
+		if s.Type == unix.Type && s.Key == "uid" && s.Value != want {
+			return fmt.Errorf("%w: connected as uid %s, now uid %s", ErrUIDChanged, want, s.Value)
+		}
+	}
+	return nil
 }
 
 func (b backend) match(sels []selector.Selector) ([]*policy.Entry, error) {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/attestors/selector"
@@ -36,6 +37,9 @@ func TestMain(m *testing.M) {
 		return
 	case "connect-and-wait":
 		childConnectAndWait()
+		return
+	case "connect-then-setuid":
+		childConnectThenSetuid()
 		return
 	}
 	code := m.Run()
@@ -77,6 +81,35 @@ func childConnectAndWait() {
 	defer c.Close()
 	fmt.Println("connected")
 	_, _ = io.Copy(io.Discard, os.Stdin)
+}
+
+// childConnectThenSetuid connects as root, drops to uid/gid 65534 and only
+// then asks for an X.509-SVID over the connection it opened as root: what a
+// process does when it hands its connection on and execs something else.
+func childConnectThenSetuid() {
+	c, err := net.Dial("unix", os.Getenv("NODEWARD_TEST_SOCKET"))
+	if err != nil {
+		fmt.Println("dial:", err)
+		os.Exit(1)
+	}
+	if err := syscall.Setgid(65534); err != nil {
+		fmt.Println("setgid:", err)
+		os.Exit(1)
+	}
+	if err := syscall.Setuid(65534); err != nil {
+		fmt.Println("setuid:", err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dial := grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return c, nil })
+	xc, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix:///connected"),
+		workloadapi.WithDialOptions(dial))
+	if err != nil {
+		fmt.Printf("ERR %s\n", status.Code(err))
+		return
+	}
+	fmt.Printf("ID %s\n", xc.SVIDs[0].ID)
 }
 
 // exeForOthers copies the test binary where another uid can execute it.
@@ -127,6 +160,40 @@ func TestOtherUIDDeniedThenRegistered(t *testing.T) {
 	}
 	if got := runAsNobody(t, exe, cfg.SocketPath); got != "ID spiffe://example.org/nobody" {
 		t.Fatalf("registered uid 65534 got %q", got)
+	}
+}
+
+func TestPeerWhoseUIDChangedAfterConnectIsDenied(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as root and drop to uid 65534 (CI runs as root)")
+	}
+	cfg := testConfig(t, "entries:\n"+
+		fmt.Sprintf("  - spiffe_id: spiffe://%s/nobody\n    selectors: [unix:uid:65534, unix:user:nobody]\n", td))
+	startAgent(t, cfg)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = []string{childEnv + "=connect-then-setuid", "NODEWARD_TEST_SOCKET=" + cfg.SocketPath}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	// /proc now says uid 65534, which has an entry; but the connection was
+	// opened by uid 0, so nothing may be issued on it.
+	if got := strings.TrimSpace(string(out)); got != "ERR PermissionDenied" {
+		t.Fatalf("connection opened as uid 0, used as uid 65534: got %q, want ERR PermissionDenied", got)
+	}
+}
+
+func TestCheckPeerUID(t *testing.T) {
+	sels := []selector.Selector{selector.New("unix", "uid", "1000"), selector.New("unix", "gid", "0")}
+	if err := checkPeerUID(sels, 1000); err != nil {
+		t.Fatalf("same uid: %v", err)
+	}
+	if err := checkPeerUID(sels, 0); !errors.Is(err, ErrUIDChanged) {
+		t.Fatalf("uid 0 vs attested 1000: got %v, want ErrUIDChanged", err)
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/nodeward/nodeward/internal/dnsname"
 )
 
 // backdate is subtracted from NotBefore to tolerate clock skew between the
@@ -38,7 +40,7 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 		return nil, fmt.Errorf("mint X.509-SVID: %w", err)
 	}
 	for _, name := range dnsNames {
-		if !validDNSName(name) {
+		if !dnsname.Valid(name) {
 			return nil, fmt.Errorf("mint X.509-SVID for %s: %w: %q", id, ErrBadDNSName, name)
 		}
 	}

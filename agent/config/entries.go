@@ -2,13 +2,13 @@ package config
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/internal/dnsname"
 )
 
 // maxSPIFFEID is the longest SPIFFE ID accepted (the SPIFFE-ID spec's
@@ -101,7 +101,7 @@ func (d decoder) entry(n *yaml.Node, field string, td spiffeid.TrustDomain, ids 
 				return err
 			}
 			for i, name := range e.DNSNames {
-				if !validDNSName(name) {
+				if !dnsname.Valid(name) {
 					return d.errf(v.Content[i], fmt.Sprintf("%s.dns_names[%d]", field, i), "invalid DNS name %s", quote(name))
 				}
 			}
@@ -159,31 +159,4 @@ func (d decoder) spiffeID(v *yaml.Node, field, s string, td spiffeid.TrustDomain
 		return spiffeid.ID{}, d.errf(v, field, "%s is outside trust domain %s", quote(s), td.Name())
 	}
 	return id, nil
-}
-
-// validDNSName checks an RFC 1123 host name for a certificate's DNS SAN: at
-// most 253 bytes, labels of 1–63 letters, digits and inner hyphens, a
-// top-level label that is not all digits (so no IP addresses), and an
-// optional leading "*." wildcard.
-func validDNSName(name string) bool {
-	if len(name) > 253 {
-		return false
-	}
-	name = strings.TrimPrefix(name, "*.")
-	if name == "" {
-		return false
-	}
-	labels := strings.Split(name, ".")
-	for _, label := range labels {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return strings.Trim(labels[len(labels)-1], "0123456789") != ""
 }

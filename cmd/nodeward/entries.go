@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -35,7 +34,7 @@ func runEntries(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg := config.Default()
 	cfg.TrustDomain = ""
 	entries, err := config.LoadEntries(path)
-	if err != nil && strings.Contains(err.Error(), "unknown key") {
+	if errors.Is(err, config.ErrUnknownKey) {
 		cfg, err = config.Load(path)
 		if err == nil {
 			entries = cfg.Entries

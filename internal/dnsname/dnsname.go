@@ -1,12 +1,15 @@
-package ca
+// Package dnsname checks host names for X.509 DNS SANs. Configuration
+// (agent/config) and the CA (agent/ca) apply the same rule, so a name the
+// config accepts is never refused at mint time, and the reverse.
+package dnsname
 
 import "strings"
 
-// validDNSName checks an RFC 1123 host name for a DNS SAN: at most 253
-// bytes, labels of 1–63 letters, digits and inner hyphens, a top-level label
-// that is not all digits (so no IP addresses), and an optional leading "*."
-// wildcard. These are the rules agent/config applies to dns_names.
-func validDNSName(name string) bool {
+// Valid reports whether name is an RFC 1123 host name usable as a DNS SAN:
+// at most 253 bytes, labels of 1–63 letters, digits and inner hyphens, a
+// top-level label that is not all digits (so no IP addresses), and an
+// optional leading "*." wildcard.
+func Valid(name string) bool {
 	if len(name) > 253 {
 		return false
 	}
