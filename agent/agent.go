@@ -35,16 +35,17 @@ import (
 
 // Agent is one running nodeward agent.
 type Agent struct {
-	log       *slog.Logger
-	ca        *ca.CA
-	store     *identity.Store
-	unix      *unix.Attestor
-	attestors []WorkloadAttestor
-	workers   *workers // set while serving
-	server    *workloadapi.Server
-	metrics   *metrics.Metrics
-	audit     *audit.Logger
-	obs       *observer
+	log         *slog.Logger
+	ca          *ca.CA
+	store       *identity.Store
+	unix        *unix.Attestor
+	attestors   []WorkloadAttestor
+	workers     *workers // set while serving
+	server      *workloadapi.Server
+	metrics     *metrics.Metrics
+	extraStatus func() any // set by AttachStatus
+	audit       *audit.Logger
+	obs         *observer
 
 	mu  sync.Mutex
 	cfg *config.Agent

@@ -21,7 +21,15 @@ type Status struct {
 	Identities  []IdentityStatus `json:"identities"`
 	Streams     map[string]int   `json:"open_streams"`
 	JWTCache    int              `json:"jwt_svids_cached"`
+	// Broker is the embedded token broker's status (see AttachStatus).
+	Broker any `json:"broker,omitempty"`
 }
+
+// AttachStatus adds the status of a component that runs inside the agent
+// (the token broker) to the agent's /v1/status, as its "broker" member.
+// The agent does not import the broker (dependency direction); it only
+// calls f. Call it before Run.
+func (a *Agent) AttachStatus(f func() any) { a.extraStatus = f }
 
 // EntryStatus is one registration entry.
 type EntryStatus struct {
@@ -56,6 +64,9 @@ func (a *Agent) Status() Status {
 		Identities:  []IdentityStatus{},
 		Streams:     a.obs.openStreams(),
 		JWTCache:    a.store.Stats().JWTSVIDs,
+	}
+	if a.extraStatus != nil {
+		st.Broker = a.extraStatus()
 	}
 	for _, e := range a.store.Index().Entries() {
 		es := EntryStatus{ID: e.ID, SPIFFEID: e.SPIFFEID.String(), Selectors: selector.Strings(e.Selectors),

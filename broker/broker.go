@@ -292,6 +292,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		b.mu.Unlock()
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(b.registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /v1/status", b.serveStatus)
 		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = msrv.Serve(ml) }()
 		defer msrv.Close()

@@ -85,6 +85,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	a.AttachStatus(func() any { return b.Status() })
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(gctx) })
 	g.Go(func() error { return b.Run(gctx) })

@@ -11,42 +11,88 @@ import (
 	"time"
 
 	"github.com/nodeward/nodeward/agent"
+	"github.com/nodeward/nodeward/broker"
 )
 
-// runStatus asks the agent's admin listener for its state.
+// runStatus asks the agent's admin listener (or, with --broker, a broker's
+// metrics_listen) for its state.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("status", stderr)
 	admin := fs.String("admin", "127.0.0.1:9464", "the agent's admin_listen address")
+	brokerAddr := fs.String("broker", "", "a standalone broker's metrics_listen address: show the broker instead of the agent")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*admin+"/v1/status", nil)
-	if err != nil {
-		return fmt.Errorf("%w: --admin: %v", errUsage, err)
+	addr, what := *admin, "agent admin listener"
+	if *brokerAddr != "" {
+		addr, what = *brokerAddr, "broker metrics_listen"
 	}
-	resp, err := http.DefaultClient.Do(req)
+	body, err := getStatus(ctx, addr, what)
 	if err != nil {
-		return fmt.Errorf("agent admin listener at %s: %w (is admin_listen set?)", *admin, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("read status: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status: HTTP %d", resp.StatusCode)
+		return err
 	}
 	if *asJSON {
 		_, err := stdout.Write(body)
 		return err
 	}
-	var st agent.Status
+	if *brokerAddr != "" {
+		var bs broker.Status
+		if err := json.Unmarshal(body, &bs); err != nil {
+			return fmt.Errorf("decode status: %w", err)
+		}
+		return printBrokerStatus(stdout, &bs)
+	}
+	var st struct {
+		agent.Status
+		Broker *broker.Status `json:"broker"`
+	}
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("decode status: %w", err)
 	}
+	if err := printAgentStatus(stdout, &st.Status); err != nil {
+		return err
+	}
+	if st.Broker != nil {
+		fmt.Fprintln(stdout, "\nbroker (inside the agent):")
+		return printBrokerStatus(stdout, st.Broker)
+	}
+	return nil
+}
+
+func getStatus(ctx context.Context, addr, what string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status", nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: address %q: %v", errUsage, addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s at %s: %w (is it configured?)", what, addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read status: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status: HTTP %d", resp.StatusCode)
+	}
+	return body, nil
+}
+
+func printBrokerStatus(w io.Writer, bs *broker.Status) error {
+	fmt.Fprintf(w, "identity:      %s\nlisten:        %s\ntokens cached: %d\n\n", bs.SPIFFEID, strings.Join(bs.Listen, " "), bs.TokensCached)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "UPSTREAM\tGRANT\tBREAKER\tTOKEN ENDPOINT\n")
+	for _, u := range bs.Upstreams {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.Name, u.Grant, u.Breaker, u.TokenEndpoint)
+	}
+	return tw.Flush()
+}
+
+func printAgentStatus(stdout io.Writer, st *agent.Status) error {
 	fmt.Fprintf(stdout, "trust domain: %s\nready:        %v\nuptime:       %s\nsocket:       %s\n", st.TrustDomain, st.Ready, st.Uptime, st.Socket)
 	var streams []string
 	for rpc, n := range st.Streams {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,6 +75,13 @@ func TestBrokerRidesOutIdPOutage(t *testing.T) {
 	a := e.Token(t, "upstream=corp&audience=new")
 	if a.Status != 503 || a.RetryAfter == "" || e.Proxy.Requests.Load() != before || time.Since(start) > time.Second {
 		t.Fatalf("open breaker: %+v, IdP calls %d→%d in %v", a, before, e.Proxy.Requests.Load(), time.Since(start))
+	}
+	// `nodeward status --broker` shows the open breaker.
+	metricsAddr := strings.TrimSuffix(strings.TrimPrefix(e.MetricsURL, "http://"), "/metrics")
+	out, errOut, code := testutil.Run(t, bin, nil, "status", "--broker", metricsAddr)
+	if code != 0 || !regexp.MustCompile(`(?m)^corp\s+token-exchange\s+open\s`).MatchString(out) ||
+		!strings.Contains(out, "spiffe://example.org/broker") {
+		t.Fatalf("status --broker during the outage: %d\n%s%s", code, out, errOut)
 	}
 	// Garbage and 429s are upstream errors, never cached tokens.
 	// Poll until the breaker's 1 s open timeout lets a probe reach the IdP.
@@ -253,13 +261,42 @@ broker:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// `nodeward status` shows the broker inside the agent.
+	out, errOut, code := testutil.Run(t, bin, nil, "status", "--admin", admin)
+	if code != 0 || !strings.Contains(out, "broker (inside the agent)") ||
+		!regexp.MustCompile(`(?m)^corp\s+token-exchange\s+closed\s`).MatchString(out) {
+		t.Fatalf("status with an embedded broker: %d\n%s%s", code, out, errOut)
+	}
 	// A bad broker section names the file and line.
 	bad := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte("trust_domain: example.org\nbroker:\n  listen: /tmp/x.sock\n  upstreams:\n    - name: corp\n      token_endpoint: https://idp/token\n      grant: password\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, errOut, code := testutil.Run(t, bin, nil, "agent", "--config", bad)
+	_, errOut, code = testutil.Run(t, bin, nil, "agent", "--config", bad)
 	if code != 1 || !strings.Contains(errOut, "bad.yaml:7: upstreams[0].grant") {
 		t.Fatalf("bad broker section: %d %s", code, errOut)
+	}
+}
+
+// TestBrokerClientAssertionAtRealIdP: client_credentials with the JWT-SVID as
+// the RFC 7523 §2.2 client assertion (client_id = the broker's SPIFFE ID,
+// aud = the token endpoint) against the real IdP.
+func TestBrokerClientAssertionAtRealIdP(t *testing.T) {
+	e := testutil.StartBrokerEnv(t, bin, 600)
+	a := e.Token(t, "upstream=assert")
+	if a.Status != 200 || a.AccessToken == "" || a.TokenType != "Bearer" || a.ExpiresIn < 590 {
+		t.Fatalf("client-assertion: %+v\nbroker log:\n%s", a, e.Broker.Log())
+	}
+	if g := e.IdP.Grants(t); g != 1 {
+		t.Fatalf("IdP counted %d grants, want 1", g)
+	}
+	if again := e.Token(t, "upstream=assert"); again.AccessToken != a.AccessToken {
+		t.Fatal("second request not served from the cache")
+	}
+	// A client_id that is not the SVID's subject: the IdP refuses the
+	// client (401 invalid_client), which the caller sees as 502.
+	bad := e.Token(t, "upstream=assert-other")
+	if bad.Status != 502 || bad.Error != "upstream_rejected" || bad.AccessToken != "" {
+		t.Fatalf("assertion for another client_id: %+v", bad)
 	}
 }

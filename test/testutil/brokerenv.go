@@ -65,6 +65,15 @@ upstreams:
     grant: jwt-bearer
     client_id: nodeward-broker
     svid_audience: nodeward-idp
+  - name: assert
+    token_endpoint: %s/token
+    grant: client-assertion
+    client_id: spiffe://example.org/broker
+    scopes: [read]
+  - name: assert-other
+    token_endpoint: %s/token
+    grant: client-assertion
+    client_id: spiffe://example.org/someone-else
 cache:
   safety_margin: 1s
 breaker:
@@ -72,7 +81,7 @@ breaker:
   open_timeout: 1s
 log_level: debug
 metrics_listen: %s
-%s`, sock, bsock, proxy.URL, idp.URL, metrics, strings.ReplaceAll(strings.Join(extra, ""), "$DIR", dir))), 0o644)
+%s`, sock, bsock, proxy.URL, idp.URL, idp.URL, idp.URL, metrics, strings.ReplaceAll(strings.Join(extra, ""), "$DIR", dir))), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
