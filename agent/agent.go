@@ -51,6 +51,8 @@ type Agent struct {
 	cfg *config.Agent
 
 	serving atomic.Bool
+	readyCh chan struct{} // closed once Serve serves
+	ready   sync.Once
 	addr    atomic.Value // admin listener address (string)
 	started time.Time
 }
@@ -77,7 +79,7 @@ func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{log: log, ca: c, cfg: cfg, started: time.Now(), audit: al}
+	a := &Agent{log: log, ca: c, cfg: cfg, started: time.Now(), audit: al, readyCh: make(chan struct{})}
 	a.metrics = metrics.New(
 		func() float64 { return float64(a.store.Stats().Entries) },
 		func() float64 { return float64(a.store.Stats().X509SVIDs) },
@@ -163,6 +165,21 @@ func (a *Agent) Store() *identity.Store { return a.store }
 // Ready reports whether the CA is loaded and the Workload API socket serves.
 func (a *Agent) Ready() bool { return a.serving.Load() }
 
+// Serving is closed once the agent first serves (the CA is loaded and the
+// Workload API socket accepts): the moment to tell systemd READY=1.
+func (a *Agent) Serving() <-chan struct{} { return a.readyCh }
+
+// Summary is a one-line state for systemd's STATUS= and logs.
+func (a *Agent) Summary() string {
+	st := a.store.Stats()
+	streams := 0
+	for _, n := range a.obs.openStreams() {
+		streams += n
+	}
+	return fmt.Sprintf("serving %d entries, %d X.509 identities, %d JWT-SVIDs cached, %d open streams",
+		st.Entries, len(a.store.X509Snapshot()), st.JWTSVIDs, streams)
+}
+
 // AdminAddr returns the admin listener's address once it listens, else "".
 func (a *Agent) AdminAddr() string {
 	s, _ := a.addr.Load().(string)
@@ -241,6 +258,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 		g.Go(func() error { return a.serveAdmin(ctx, admin) })
 	}
 	a.serving.Store(true)
+	a.ready.Do(func() { close(a.readyCh) })
 	a.log.Info("nodeward agent serving",
 		"socket", l.Addr().String(), "trust_domain", a.ca.TrustDomain().Name(),
 		"entries", a.store.Stats().Entries, "admin", a.AdminAddr(),

@@ -42,7 +42,13 @@ type Broker struct {
 	mu          sync.Mutex
 	addrs       []string
 	metricsAddr string
+
+	readyCh chan struct{} // closed once Serve serves
+	ready   sync.Once
 }
+
+// Serving is closed once the broker's sockets accept requests.
+func (b *Broker) Serving() <-chan struct{} { return b.readyCh }
 
 // agentSVIDs fetches JWT-SVIDs from the agent's Workload API and remembers
 // the broker's SPIFFE ID.
@@ -153,7 +159,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Broker{cfg: cfg, log: log, breakers: map[string]*Breaker{}, upstreams: map[string]*Upstream{},
+	b := &Broker{cfg: cfg, log: log, readyCh: make(chan struct{}), breakers: map[string]*Breaker{}, upstreams: map[string]*Upstream{},
 		svids: &agentSVIDs{addr: cfg.WorkloadSocket}, registry: prometheus.NewRegistry()}
 	b.metrics = NewMetrics(b.registry, func() float64 {
 		if b.cache == nil {
@@ -251,10 +257,16 @@ func (b *Broker) Addrs() []string {
 }
 
 // Run serves the HTTP API and refreshes tokens until ctx is done.
-func (b *Broker) Run(ctx context.Context) error {
+func (b *Broker) Run(ctx context.Context) error { return b.Serve(ctx, nil) }
+
+// Serve is Run with the Unix socket already listening (for example handed
+// over by systemd socket activation); nil listens on the configured path.
+func (b *Broker) Serve(ctx context.Context, unixL net.Listener) error {
 	defer b.svids.close()
 	var listeners []net.Listener
-	if b.cfg.Listen != "" {
+	if unixL != nil {
+		listeners = append(listeners, unixL)
+	} else if b.cfg.Listen != "" {
 		if err := os.MkdirAll(filepath.Dir(b.cfg.Listen), 0o755); err != nil {
 			return fmt.Errorf("listen: %w", err)
 		}
@@ -316,6 +328,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
+	b.ready.Do(func() { close(b.readyCh) })
 	b.log.Info("nodeward broker serving", "listen", b.Addrs(), "upstreams", len(b.upstreams))
 	return g.Wait()
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"cmp"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 )
@@ -49,4 +50,15 @@ func (b *Broker) serveStatus(w http.ResponseWriter, _ *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(b.Status())
+}
+
+// Summary is a one-line state for systemd's STATUS= and logs.
+func (b *Broker) Summary() string {
+	open := 0
+	for _, br := range b.breakers {
+		if br.State() == "open" {
+			open++
+		}
+	}
+	return fmt.Sprintf("serving %d cached tokens, %d upstreams (%d breakers open)", b.cache.Len(), len(b.cfg.Upstreams), open)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/nodeward/nodeward/agent"
 	"github.com/nodeward/nodeward/agent/config"
 	"github.com/nodeward/nodeward/broker"
+	"github.com/nodeward/nodeward/internal/systemd"
 )
 
 func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -44,7 +45,16 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		runtime.GOMAXPROCS(cfg.MaxProcs)
 	}
 
+	socks, err := systemd.Activated()
+	if err != nil {
+		return err
+	}
+	notify := systemd.NewNotifier(log)
 	a, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	wl, err := takeSocket(socks, systemd.WorkloadSocket, cfg.SocketPath, log)
 	if err != nil {
 		return err
 	}
@@ -66,17 +76,26 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 					log.Error("reopen audit log", "err", err)
 				}
 			case <-hup:
-				nc, err := loadConfig(*cfgPath)
-				if err != nil {
+				notify.Reloading()
+				if nc, err := loadConfig(*cfgPath); err != nil {
 					a.ReloadFailed(err)
-					continue
+				} else {
+					_ = a.Reload(nc) // a failure is recorded by Reload
 				}
-				_ = a.Reload(nc) // a failure is recorded by Reload
+				notify.Ready(a.Summary())
 			}
 		}
 	}()
-	if cfg.Broker == nil {
+	serveAgent := func(ctx context.Context) error {
+		if wl != nil {
+			return a.Serve(ctx, wl)
+		}
 		return a.Run(ctx)
+	}
+	if cfg.Broker == nil {
+		warnLeftover(socks, log)
+		notifyLifecycle(ctx, notify, a.Ready, a.Summary, a.Serving())
+		return serveAgent(ctx)
 	}
 	// The broker runs inside the agent: same process, its own socket; it
 	// talks to the agent over the Workload API like any client, so the
@@ -86,9 +105,15 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	a.AttachStatus(func() any { return b.Status() })
+	bl, err := takeSocket(socks, systemd.BrokerSocket, "", log)
+	if err != nil {
+		return err
+	}
+	warnLeftover(socks, log)
+	notifyLifecycle(ctx, notify, a.Ready, a.Summary, a.Serving(), b.Serving())
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return a.Run(gctx) })
-	g.Go(func() error { return b.Run(gctx) })
+	g.Go(func() error { return serveAgent(gctx) })
+	g.Go(func() error { return b.Serve(gctx, bl) })
 	return g.Wait()
 }
 

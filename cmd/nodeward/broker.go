@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nodeward/nodeward/broker"
+	"github.com/nodeward/nodeward/internal/systemd"
 )
 
 func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -30,11 +31,22 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	socks, err := systemd.Activated()
+	if err != nil {
+		return err
+	}
 	b, err := broker.New(cfg, log)
 	if err != nil {
 		return err
 	}
-	return b.Run(ctx)
+	bl, err := takeSocket(socks, systemd.BrokerSocket, cfg.Listen, log)
+	if err != nil {
+		return err
+	}
+	warnLeftover(socks, log)
+	notifyLifecycle(ctx, systemd.NewNotifier(log), func() bool { return true },
+		func() string { return b.Summary() }, b.Serving())
+	return b.Serve(ctx, bl)
 }
 
 // runToken asks the broker for an access token and prints it.
