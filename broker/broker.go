@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/nodeward/nodeward/sinks"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
@@ -35,6 +36,7 @@ type Broker struct {
 	svids     *agentSVIDs
 	api       *API
 	sinks     []*sink
+	svidSinks []*sinks.Sink
 	sinkFor   sync.Map // Key -> *sink
 	metrics   *Metrics
 	registry  *prometheus.Registry
@@ -183,6 +185,13 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 			},
 		}, nil)
 	}
+	for _, sf := range cfg.SVIDFiles {
+		s, err := sinks.New(sf, log.With("component", "svid_files"))
+		if err != nil {
+			return nil, err
+		}
+		b.svidSinks = append(b.svidSinks, s)
+	}
 	for _, sf := range cfg.Sinks {
 		mode, _ := parseMode(sf.Mode)
 		s := &sink{key: sinkKey(sf, b.upstreams[sf.Upstream].Scopes()), path: sf.Path, mode: mode, uid: -1, gid: -1, log: log}
@@ -314,6 +323,15 @@ func (b *Broker) Serve(ctx context.Context, unixL net.Listener) error {
 	g.Go(func() error { return b.cache.Run(ctx) })
 	g.Go(func() error { b.watchIdentity(ctx); return nil })
 	b.runSinks(ctx)
+	for _, s := range b.svidSinks {
+		g.Go(func() error {
+			c, err := b.svids.get(ctx)
+			if err != nil {
+				return fmt.Errorf("svid_files: workload API client: %w", err)
+			}
+			return s.Run(ctx, c)
+		})
+	}
 	for _, l := range listeners {
 		g.Go(func() error {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

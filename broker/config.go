@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/nodeward/nodeward/sinks"
 )
 
 // Config is the broker's configuration (`nodeward broker --config FILE`).
@@ -27,9 +29,12 @@ type Config struct {
 	Cache          CacheFile      `yaml:"cache"`
 	Breaker        BreakerFile    `yaml:"breaker"`
 	Sinks          []SinkFile     `yaml:"sinks"`
-	MetricsListen  string         `yaml:"metrics_listen"` // loopback address for /metrics; empty: none
-	LogLevel       string         `yaml:"log_level"`
-	AuditLog       string         `yaml:"audit_log"`
+	// SVIDFiles write the broker's own SVIDs and bundles to files for the
+	// service next to it (spiffe-helper built in).
+	SVIDFiles     []sinks.SVIDFiles `yaml:"svid_files"`
+	MetricsListen string            `yaml:"metrics_listen"` // loopback address for /metrics; empty: none
+	LogLevel      string            `yaml:"log_level"`
+	AuditLog      string            `yaml:"audit_log"`
 }
 
 // UpstreamFile is one upstream as configured.
@@ -183,8 +188,26 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 			return bad(lineOf(root, "metrics_listen"), "metrics_listen", "want host:port, got %q", c.MetricsListen)
 		}
 	}
-	if len(c.Upstreams) == 0 {
-		return bad(lineOf(root, "upstreams"), "upstreams", "at least one upstream is required")
+	if len(c.Upstreams) == 0 && len(c.SVIDFiles) == 0 {
+		return bad(lineOf(root, "upstreams"), "upstreams", "at least one upstream (or svid_files entry) is required")
+	}
+	for i, sf := range c.SVIDFiles {
+		if err := sf.Validate(); err != nil {
+			var fe *sinks.FieldError
+			path := []any{"svid_files", i}
+			field := "svid_files[" + strconv.Itoa(i) + "]"
+			if errors.As(err, &fe) {
+				path = append(path, fe.Key...)
+				for _, k := range fe.Key {
+					if n, ok := k.(int); ok {
+						field += "[" + strconv.Itoa(n) + "]"
+					} else {
+						field += "." + k.(string)
+					}
+				}
+			}
+			return bad(lineOf(root, path...), field, "%v", err)
+		}
 	}
 	seen := map[string]bool{}
 	for i, u := range c.Upstreams {

@@ -45,7 +45,15 @@ func TestParseConfig(t *testing.T) {
 		{"tcp not loopback", strings.Replace(goodConfig, "127.0.0.1:8181", "0.0.0.0:8181", 1), `broker.yaml:3: listen_tcp: must be a loopback address`},
 		{"window", strings.Replace(goodConfig, "[0.5, 0.8]", "[0.9, 0.2]", 1), `broker.yaml:16: cache.refresh_window`},
 		{"bare duration", strings.Replace(goodConfig, "timeout: 5s", "timeout: 5", 1), `broker.yaml:13: invalid duration "5"`},
-		{"no upstreams", "listen: /run/x.sock\n", `upstreams: at least one upstream is required`},
+		{"no upstreams", "listen: /run/x.sock\n", `upstreams: at least one upstream (or svid_files entry) is required`},
+		{"svid_files relative path", "listen: /run/x.sock\nsvid_files:\n  - x509_bundle: /b.pem\n  - x509_svid: /s.pem\n    x509_key: k.pem\n",
+			`broker.yaml:5: svid_files[1].x509_key: must be an absolute path, got "k.pem"`},
+		{"svid_files jwt audience", "listen: /run/x.sock\nsvid_files:\n  - jwt_svids:\n      - path: /t\n",
+			`broker.yaml:4: svid_files[0].jwt_svids[0].audience: audience is required`},
+		{"svid_files unknown key", "listen: /run/x.sock\nsvid_files:\n  - x509_bundel: /b.pem\n", `broker.yaml:3: unknown key "x509_bundel"`},
+	}
+	if _, err := ParseConfig("broker.yaml", []byte("listen: /run/x.sock\nsvid_files:\n  - x509_bundle: /b.pem\n")); err != nil {
+		t.Errorf("a broker with only svid_files (spiffe-helper mode): %v", err)
 	}
 	for _, tt := range tests {
 		if _, err := ParseConfig("broker.yaml", []byte(tt.yaml)); err == nil || !strings.Contains(err.Error(), tt.want) {

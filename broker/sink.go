@@ -34,14 +34,9 @@ type sink struct {
 }
 
 func (s *sink) write(tok *Token) {
-	if err := atomicfile.Write(s.path, []byte(tok.AccessToken+"\n"), s.mode); err != nil {
+	if err := atomicfile.WriteOwned(s.path, []byte(tok.AccessToken+"\n"), s.mode, s.uid, s.gid); err != nil {
 		s.log.Error("token sink write failed", "path", s.path, "err", err)
 		return
-	}
-	if s.uid >= 0 || s.gid >= 0 {
-		if err := os.Chown(s.path, s.uid, s.gid); err != nil {
-			s.log.Error("token sink chown failed", "path", s.path, "err", err)
-		}
 	}
 	s.log.Debug("token sink written", "path", s.path, "upstream", s.key.Upstream, "expires", tok.ExpiresAt)
 }

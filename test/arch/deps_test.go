@@ -23,6 +23,8 @@ func TestDependencyDirection(t *testing.T) {
 	}{
 		{pkgPrefix: module + "/workloadapi", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd"}},
 		{pkgPrefix: module + "/broker", forbidden: []string{module + "/agent", module + "/cmd"}},
+		{pkgPrefix: module + "/sinks", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd"}},
+		{pkgPrefix: module + "/internal", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd", module + "/sinks"}},
 		{pkgPrefix: module + "/attestors", allowOnly: []string{module + "/attestors/selector"}},
 		{pkgPrefix: module + "/agent", forbidden: []string{module + "/cmd", module + "/broker", module + "/test"}},
 	}

@@ -14,7 +14,14 @@ import (
 )
 
 // Write atomically replaces path with data, with file mode perm.
-func Write(path string, data []byte, perm os.FileMode) (err error) {
+func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteOwned(path, data, perm, -1, -1)
+}
+
+// WriteOwned is Write that also gives the file to uid and gid (-1 leaves
+// either unchanged) before it replaces path, so the file never appears with
+// the wrong owner.
+func WriteOwned(path string, data []byte, perm os.FileMode, uid, gid int) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -30,6 +37,11 @@ func Write(path string, data []byte, perm os.FileMode) (err error) {
 	// CreateTemp uses 0600; set the final mode before any data is written.
 	if err = f.Chmod(perm); err != nil {
 		return fmt.Errorf("atomic write %s: chmod: %w", path, err)
+	}
+	if uid >= 0 || gid >= 0 {
+		if err = f.Chown(uid, gid); err != nil {
+			return fmt.Errorf("atomic write %s: chown: %w", path, err)
+		}
 	}
 	if _, err = f.Write(data); err != nil {
 		return fmt.Errorf("atomic write %s: %w", path, err)

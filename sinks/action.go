@@ -1,0 +1,82 @@
+package sinks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// errNotRunning: the PID file is missing or names no live process.
+var errNotRunning = errors.New("not running")
+
+// runAction runs the on_rotate action: the command, then the signal to the
+// PID file's process and to the unit. Failures are logged; the files are
+// already in place, so the next rotation tries again.
+func (s *Sink) runAction(ctx context.Context) {
+	r := s.cfg.OnRotate
+	if len(r.Command) > 0 {
+		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		cmd := exec.CommandContext(cctx, r.Command[0], r.Command[1:]...)
+		// The command's output is the application's business and may hold
+		// anything: it is not logged, only how it ended.
+		if err := cmd.Run(); err != nil {
+			s.log.Error("on_rotate command failed", "command", r.Command[0], "err", err)
+		} else {
+			s.log.Info("on_rotate command ran", "command", r.Command[0])
+		}
+		cancel()
+	}
+	if r.Signal == "" {
+		return
+	}
+	sig, _ := ParseSignal(r.Signal)
+	if r.PIDFile != "" {
+		switch err := signalPIDFile(r.PIDFile, sig); {
+		case errors.Is(err, errNotRunning):
+			s.log.Info("on_rotate: process not running yet; nothing to signal", "pid_file", r.PIDFile)
+		case err != nil:
+			s.log.Error("on_rotate signal failed", "pid_file", r.PIDFile, "err", err)
+		default:
+			s.log.Info("on_rotate signal sent", "pid_file", r.PIDFile, "signal", sig.String())
+		}
+	}
+	if r.Unit != "" {
+		// systemd knows the unit's main process; systemctl asks it over D-Bus.
+		name := "SIG" + strings.TrimPrefix(strings.ToUpper(r.Signal), "SIG")
+		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		err := exec.CommandContext(cctx, "systemctl", "kill", "--kill-whom=main", "--signal="+name, r.Unit).Run()
+		cancel()
+		if err != nil {
+			s.log.Error("on_rotate unit signal failed", "unit", r.Unit, "err", err)
+		} else {
+			s.log.Info("on_rotate signal sent", "unit", r.Unit, "signal", name)
+		}
+	}
+}
+
+// signalPIDFile sends sig to the process whose pid path holds.
+func signalPIDFile(path string, sig syscall.Signal) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return errNotRunning
+	}
+	if err != nil {
+		return err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("pid file %s: no valid pid", path)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return errNotRunning
+		}
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	return nil
+}

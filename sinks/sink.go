@@ -1,0 +1,258 @@
+package sinks
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/nodeward/nodeward/workloadapi/atomicfile"
+)
+
+// Source is the part of go-spiffe's *workloadapi.Client a sink uses.
+type Source interface {
+	WatchX509Context(ctx context.Context, w workloadapi.X509ContextWatcher) error
+	WatchJWTBundles(ctx context.Context, w workloadapi.JWTBundleWatcher) error
+	FetchJWTSVID(ctx context.Context, p jwtsvid.Params) (*jwtsvid.SVID, error)
+}
+
+// Sink keeps one SVIDFiles entry's files current.
+type Sink struct {
+	cfg      SVIDFiles
+	log      *slog.Logger
+	mode     os.FileMode
+	keyMode  os.FileMode
+	uid, gid int
+	timeout  time.Duration
+
+	mu      sync.Mutex        // serializes writes and actions
+	written map[string][]byte // last content per path
+	writes  atomic.Uint64     // rotations written (files changed, action run)
+}
+
+// New validates cfg and returns its sink.
+func New(cfg SVIDFiles, log *slog.Logger) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	mode, _ := parseMode(cfg.Mode, 0o644)
+	keyMode, _ := parseMode(cfg.KeyMode, 0o600)
+	timeout, _ := cfg.OnRotate.timeout()
+	s := &Sink{cfg: cfg, log: log, mode: os.FileMode(mode), keyMode: os.FileMode(keyMode),
+		uid: -1, gid: -1, timeout: timeout, written: map[string][]byte{}}
+	if cfg.Owner != nil {
+		s.uid = *cfg.Owner
+	}
+	if cfg.Group != nil {
+		s.gid = *cfg.Group
+	}
+	return s, nil
+}
+
+// Rotations counts the times the files changed and the action ran.
+func (s *Sink) Rotations() uint64 { return s.writes.Load() }
+
+// Run keeps the files current until ctx ends: it follows the X.509 and JWT
+// bundle streams and refreshes each JWT-SVID at half its remaining life.
+func (s *Sink) Run(ctx context.Context, src Source) error {
+	var wg sync.WaitGroup
+	if s.cfg.X509SVID != "" || s.cfg.X509Bundle != "" {
+		wg.Go(func() { s.watch(ctx, "x509", func() error { return src.WatchX509Context(ctx, x509Watcher{s, ctx}) }) })
+	}
+	if s.cfg.JWTBundle != "" {
+		wg.Go(func() {
+			s.watch(ctx, "jwt bundle", func() error { return src.WatchJWTBundles(ctx, jwtBundleWatcher{s, ctx}) })
+		})
+	}
+	for _, jf := range s.cfg.JWTSVIDs {
+		wg.Go(func() { s.refreshJWT(ctx, src, jf) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// watch runs a go-spiffe watch (which retries by itself) until ctx ends.
+func (s *Sink) watch(ctx context.Context, what string, f func() error) {
+	for ctx.Err() == nil {
+		if err := f(); err != nil && ctx.Err() == nil {
+			s.log.Warn("svid file sink: watch ended; restarting", "stream", what, "err", err)
+			if !sleep(ctx, time.Second) {
+				return
+			}
+		}
+	}
+}
+
+type x509Watcher struct {
+	s   *Sink
+	ctx context.Context
+}
+
+func (w x509Watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.s.onX509(w.ctx, c) }
+func (w x509Watcher) OnX509ContextWatchError(err error) {
+	if w.ctx.Err() == nil {
+		w.s.log.Warn("svid file sink: X.509 stream error", "err", err)
+	}
+}
+
+type jwtBundleWatcher struct {
+	s   *Sink
+	ctx context.Context
+}
+
+func (w jwtBundleWatcher) OnJWTBundlesUpdate(set *jwtbundle.Set) { w.s.onJWTBundles(w.ctx, set) }
+func (w jwtBundleWatcher) OnJWTBundlesWatchError(err error) {
+	if w.ctx.Err() == nil {
+		w.s.log.Warn("svid file sink: JWT bundle stream error", "err", err)
+	}
+}
+
+// pick returns the SVID with the configured hint, or the default one.
+func (s *Sink) pick(svids []*x509svid.SVID) *x509svid.SVID {
+	if len(svids) == 0 {
+		return nil
+	}
+	if s.cfg.Hint == "" {
+		return svids[0]
+	}
+	for _, sv := range svids {
+		if sv.Hint == s.cfg.Hint {
+			return sv
+		}
+	}
+	return nil
+}
+
+type file struct {
+	path string
+	data []byte
+	mode os.FileMode
+}
+
+func (s *Sink) onX509(ctx context.Context, c *workloadapi.X509Context) {
+	svid := s.pick(c.SVIDs)
+	if svid == nil {
+		s.log.Warn("svid file sink: no X.509-SVID with the configured hint", "hint", s.cfg.Hint)
+		return
+	}
+	var files []file
+	if s.cfg.X509Bundle != "" {
+		b, err := c.Bundles.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+		if err != nil {
+			s.log.Warn("svid file sink: no bundle for the SVID's trust domain", "err", err)
+			return
+		}
+		files = append(files, file{s.cfg.X509Bundle, certsPEM(b.X509Authorities()), s.mode})
+	}
+	if s.cfg.X509SVID != "" {
+		der, err := x509.MarshalPKCS8PrivateKey(svid.PrivateKey)
+		if err != nil {
+			s.log.Error("svid file sink: cannot encode the private key", "err", err)
+			return
+		}
+		// The key goes first: a reader that sees the new certificate finds
+		// its key already in place.
+		files = append(files, file{s.cfg.X509Key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), s.keyMode},
+			file{s.cfg.X509SVID, certsPEM(svid.Certificates), s.mode})
+	}
+	s.apply(ctx, "x509", files, "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
+}
+
+func (s *Sink) onJWTBundles(ctx context.Context, set *jwtbundle.Set) {
+	bundles := set.Bundles()
+	if len(bundles) == 0 {
+		return
+	}
+	// One trust domain's JWKS: ours is the only one the agent serves.
+	doc, err := bundles[0].Marshal()
+	if err != nil {
+		s.log.Error("svid file sink: cannot encode the JWT bundle", "err", err)
+		return
+	}
+	s.apply(ctx, "jwt bundle", []file{{s.cfg.JWTBundle, doc, s.mode}})
+}
+
+// refreshJWT keeps one JWT-SVID file current: fetched now, then again at
+// half its remaining lifetime; failures retry with capped backoff.
+func (s *Sink) refreshJWT(ctx context.Context, src Source, jf JWTFile) {
+	backoff := time.Second
+	for {
+		svid, err := src.FetchJWTSVID(ctx, jwtsvid.Params{Audience: jf.Audience})
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.log.Warn("svid file sink: JWT-SVID fetch failed", "audience", jf.Audience, "err", err)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		s.apply(ctx, "jwt", []file{{jf.Path, []byte(svid.Marshal() + "\n"), s.keyMode}},
+			"audience", jf.Audience, "expires", svid.Expiry)
+		if !sleep(ctx, max(time.Until(svid.Expiry)/2, time.Second)) {
+			return
+		}
+	}
+}
+
+// apply writes the files that changed, each atomically, then runs the
+// rotation action once. Nothing changed: nothing is written or run.
+func (s *Sink) apply(ctx context.Context, what string, files []file, logAttrs ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := false
+	for _, f := range files {
+		if old, ok := s.written[f.path]; ok && bytes.Equal(old, f.data) {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
+			s.log.Error("svid file sink: create directory", "path", f.path, "err", err)
+			return
+		}
+		if err := atomicfile.WriteOwned(f.path, f.data, f.mode, s.uid, s.gid); err != nil {
+			s.log.Error("svid file sink: write failed", "path", f.path, "err", err)
+			return
+		}
+		s.written[f.path] = f.data
+		changed = true
+	}
+	if !changed {
+		return
+	}
+	s.log.Info("svid file sink: files written", append([]any{"what", what}, logAttrs...)...)
+	s.runAction(ctx)
+	s.writes.Add(1)
+}
+
+func certsPEM(certs []*x509.Certificate) []byte {
+	var b bytes.Buffer
+	for _, c := range certs {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return b.Bytes()
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
