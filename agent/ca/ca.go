@@ -13,7 +13,8 @@
 //   - Leaves are signed through an issuer (certificate + crypto.Signer), so
 //     the root key can later live in hardware and sign a short-lived
 //     software intermediate instead, without changing callers.
-//   - A CA is immutable after LoadOrCreate and safe for concurrent use.
+//   - A CA is safe for concurrent use; only its issuer changes after
+//     LoadOrCreate (an intermediate rotation swaps it atomically).
 package ca
 
 import (
@@ -22,6 +23,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -45,6 +47,15 @@ type Config struct {
 	// JWTIssuer, when set, is put in JWT-SVIDs as "iss" (what an OIDC
 	// federated IdP matches against the discovery document).
 	JWTIssuer string
+	// RootSigner, when set, is the root key, held outside the data
+	// directory (a non-exportable TPM key): no ca_key.pem is used, the root
+	// certificate is kept in TPMRootCertFile, and the root only signs a
+	// short-lived software intermediate that mints SVIDs, so the request
+	// path never waits on the key's device. See RotateIntermediate.
+	RootSigner crypto.Signer
+	// IntermediateTTL is the intermediate's lifetime with RootSigner; zero
+	// means 24h. Rotate it at half its life (NextRotation).
+	IntermediateTTL time.Duration
 }
 
 // issuer signs leaf certificates: today the root itself, later a software
@@ -54,14 +65,16 @@ type issuer struct {
 	signer crypto.Signer
 }
 
-// CA mints SVIDs for one trust domain. It is immutable after LoadOrCreate
-// and safe for concurrent use.
+// CA mints SVIDs for one trust domain. It is safe for concurrent use.
 type CA struct {
 	td    spiffeid.TrustDomain
 	clock func() time.Time
 
 	root   *x509.Certificate
-	issuer issuer
+	issuer atomic.Pointer[issuer]
+
+	rootSigner      crypto.Signer // set when the root key is external
+	intermediateTTL time.Duration
 
 	jwtKey    *ecdsa.PrivateKey
 	jwtKID    string

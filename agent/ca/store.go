@@ -23,6 +23,9 @@ import (
 const (
 	RootKeyFile  = "ca_key.pem"  // PKCS#8 PEM, ECDSA P-256, mode 0600
 	RootCertFile = "ca_cert.pem" // PEM certificate, mode 0644
+	// TPMRootCertFile holds the root certificate of a TPM-held root key
+	// (Config.RootSigner), so switching key kinds never mixes roots.
+	TPMRootCertFile = "ca_cert_tpm.pem"
 	JWTKeyFile   = "jwt_key.pem" // PKCS#8 PEM, ECDSA P-256, mode 0600
 )
 
@@ -58,15 +61,20 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 	if err := ensureDir(cfg.Dir); err != nil {
 		return nil, err
 	}
-	rootKey, err := loadOrCreateKey(filepath.Join(cfg.Dir, RootKeyFile), cfg.Logger)
-	if err != nil {
-		return nil, err
+	var rootKey crypto.Signer = cfg.RootSigner
+	rootFile := TPMRootCertFile
+	if rootKey == nil {
+		k, err := loadOrCreateKey(filepath.Join(cfg.Dir, RootKeyFile), cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		rootKey, rootFile = k, RootCertFile
 	}
 	jwtKey, err := loadOrCreateKey(filepath.Join(cfg.Dir, JWTKeyFile), cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	root, err := loadOrCreateRoot(cfg, rootKey)
+	root, err := loadOrCreateRoot(cfg, rootKey, rootFile)
 	if err != nil {
 		return nil, err
 	}
@@ -74,9 +82,19 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 		td:        cfg.TrustDomain,
 		clock:     cfg.Clock,
 		root:      root,
-		issuer:    issuer{cert: root, signer: rootKey},
 		jwtKey:    jwtKey,
 		jwtIssuer: cfg.JWTIssuer,
+	}
+	c.issuer.Store(&issuer{cert: root, signer: rootKey})
+	if cfg.RootSigner != nil {
+		c.rootSigner = cfg.RootSigner
+		c.intermediateTTL = cfg.IntermediateTTL
+		if c.intermediateTTL <= 0 {
+			c.intermediateTTL = defaultIntermediateTTL
+		}
+		if err := c.RotateIntermediate(); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.finish(); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
@@ -179,8 +197,8 @@ func createKey(path string, log *slog.Logger) (*ecdsa.PrivateKey, error) {
 // loadOrCreateRoot loads the root certificate and checks that it is a CA
 // for cfg.TrustDomain, self-signed by key; it creates a root when there is
 // none or when the stored one is past 80% of its lifetime.
-func loadOrCreateRoot(cfg Config, key crypto.Signer) (*x509.Certificate, error) {
-	path := filepath.Join(cfg.Dir, RootCertFile)
+func loadOrCreateRoot(cfg Config, key crypto.Signer, file string) (*x509.Certificate, error) {
+	path := filepath.Join(cfg.Dir, file)
 	now := cfg.Clock()
 	data, err := readFile(path, false)
 	switch {
@@ -232,7 +250,11 @@ func parseRoot(path string, data []byte, cfg Config, key crypto.Signer) (*x509.C
 		return nil, fmt.Errorf("root %s: %w: not a CA certificate", path, ErrCorruptFile)
 	}
 	if pub, ok := root.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
-		return nil, fmt.Errorf("root %s: %w: does not match key %s", path, ErrCorruptFile, RootKeyFile)
+		keyName := RootKeyFile
+		if cfg.RootSigner != nil {
+			keyName = "the TPM-held root key"
+		}
+		return nil, fmt.Errorf("root %s: %w: does not match %s", path, ErrCorruptFile, keyName)
 	}
 	if err := root.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("root %s: %w: bad self-signature: %w", path, ErrCorruptFile, err)

@@ -60,10 +60,11 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 	if err != nil {
 		return nil, fmt.Errorf("mint X.509-SVID: %w", err)
 	}
+	iss := c.issuer.Load()
 	now := c.clock()
 	notAfter := now.Add(ttl)
-	if notAfter.After(c.issuer.cert.NotAfter) {
-		notAfter = c.issuer.cert.NotAfter
+	if notAfter.After(iss.cert.NotAfter) {
+		notAfter = iss.cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
@@ -80,7 +81,7 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 		SubjectKeyId:          ski,
 		// AuthorityKeyId is taken from the issuer's SubjectKeyId.
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.issuer.cert, &key.PublicKey, c.issuer.signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, iss.cert, &key.PublicKey, iss.signer)
 	if err != nil {
 		return nil, fmt.Errorf("mint X.509-SVID for %s: sign: %w", id, err)
 	}
@@ -89,8 +90,8 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 		return nil, fmt.Errorf("mint X.509-SVID for %s: parse: %w", id, err)
 	}
 	chain := []*x509.Certificate{leaf}
-	if c.issuer.cert != c.root {
-		chain = append(chain, c.issuer.cert)
+	if iss.cert != c.root {
+		chain = append(chain, iss.cert)
 	}
 	return &X509SVID{ID: id, Certificates: chain, PrivateKey: key, KeyDER: keyDER}, nil
 }

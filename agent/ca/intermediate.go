@@ -1,0 +1,88 @@
+package ca
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"net/url"
+	"time"
+)
+
+const defaultIntermediateTTL = 24 * time.Hour
+
+// RotateIntermediate makes a new software intermediate (a fresh P-256 key
+// that lives only in memory) certified by the external root key, and mints
+// all later SVIDs with it. It is the only CA operation that uses the root
+// key's device (a TPM signature), and it runs off the request path. SVIDs
+// minted under the previous intermediate carry it in their chain and stay
+// valid against the unchanged bundle until they expire. Without an
+// external root key it does nothing.
+func (c *CA) RotateIntermediate() error {
+	if c.rootSigner == nil {
+		return nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("intermediate: generate key: %w", err)
+	}
+	sn, err := serial()
+	if err != nil {
+		return fmt.Errorf("intermediate: %w", err)
+	}
+	ski, err := subjectKeyID(&key.PublicKey)
+	if err != nil {
+		return fmt.Errorf("intermediate: %w", err)
+	}
+	now := c.clock()
+	notAfter := now.Add(c.intermediateTTL)
+	if notAfter.After(c.root.NotAfter) {
+		notAfter = c.root.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          sn,
+		Subject:               pkix.Name{CommonName: "nodeward " + c.td.Name() + " intermediate", Organization: []string{"nodeward"}},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		URIs:                  []*url.URL{c.td.ID().URL()},
+		SubjectKeyId:          ski,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.root, &key.PublicKey, c.rootSigner)
+	if err != nil {
+		return fmt.Errorf("intermediate: root key signature: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("intermediate: parse: %w", err)
+	}
+	if err := cert.CheckSignatureFrom(c.root); err != nil {
+		return fmt.Errorf("intermediate: root key produced a bad signature: %w", err)
+	}
+	c.issuer.Store(&issuer{cert: cert, signer: key})
+	return nil
+}
+
+// NextRotation is when the intermediate should be replaced (half its
+// lifetime); zero without an external root key.
+func (c *CA) NextRotation() time.Time {
+	if c.rootSigner == nil {
+		return time.Time{}
+	}
+	cert := c.issuer.Load().cert
+	return cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) / 2)
+}
+
+// Intermediate returns the current intermediate certificate, nil without an
+// external root key.
+func (c *CA) Intermediate() *x509.Certificate {
+	if c.rootSigner == nil {
+		return nil
+	}
+	return c.issuer.Load().cert
+}
