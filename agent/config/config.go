@@ -71,6 +71,10 @@ type Agent struct {
 	// with empty lines so that broker.ParseConfig reports this file's lines.
 	Broker     []byte
 	Guardrails Guardrails
+	// TPM is the tpm section; nil: no TPM is used.
+	TPM *TPM
+	// CA is the ca section.
+	CA CA
 	// Source is the file it came from ("" for the embedded default).
 	Source string
 }

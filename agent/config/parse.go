@@ -25,7 +25,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 	if err != nil {
 		return nil, err
 	}
-	var entriesNode, tdNode, entriesFileNode *yaml.Node
+	var entriesNode, tdNode, entriesFileNode, caNode *yaml.Node
 	if m != nil {
 		err = d.fields(m, "", map[string]func(v *yaml.Node) error{
 			"trust_domain": func(v *yaml.Node) error { tdNode = v; return d.str(v, "trust_domain", &cfg.TrustDomain) },
@@ -80,6 +80,8 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 				return d.errf(v, "max_procs", "want an integer from 0 (all CPUs) to 1024")
 			},
 			"guardrails": func(v *yaml.Node) error { return d.guardrails(v, &cfg.Guardrails) },
+			"tpm":        func(v *yaml.Node) error { return d.tpm(v, &cfg.TPM) },
+			"ca":         func(v *yaml.Node) error { caNode = v; return d.ca(v, &cfg.CA) },
 			"entries":    func(v *yaml.Node) error { entriesNode = v; return nil },
 			"broker": func(v *yaml.Node) error {
 				b, err := d.section(m, "broker", v, data)
@@ -94,6 +96,9 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 		if err != nil {
 			return nil, err
 		}
+	}
+	if cfg.CA.Key == "tpm" && cfg.TPM == nil {
+		return nil, d.errf(caNode, "ca.key", "key: tpm needs a tpm section (device or address)")
 	}
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {

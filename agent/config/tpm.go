@@ -1,0 +1,143 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultQuoteInterval is how often the TPM is re-quoted (tpm.quote_interval).
+const DefaultQuoteInterval = 60 * time.Second
+
+// DefaultTPMKeyHandle is the persistent handle of a TPM-held CA root key.
+const DefaultTPMKeyHandle = 0x81000100
+
+// TPM is the `tpm:` section. Without it nothing touches a TPM.
+type TPM struct {
+	// Device is a TPM character device such as /dev/tpmrm0.
+	Device string
+	// Address is tcp://host:port or unix:///path of a TPM simulator
+	// (swtpm). Exactly one of Device and Address is set.
+	Address string
+	// EKRoots is a PEM file of the TPM manufacturers' root certificates;
+	// with it, the EK certificate chain is verified at start and
+	// tpm:ek-ca selectors are produced.
+	EKRoots string
+	// PCRs are the sha256-bank PCR indexes quoted into tpm:pcr selectors.
+	PCRs []int
+	// QuoteInterval is how often the PCRs are re-quoted (default 60s).
+	QuoteInterval Duration
+}
+
+// Addr is the TPM address for attestors/tpm.Open (device path or URL).
+func (t *TPM) Addr() string {
+	if t.Device != "" {
+		return t.Device
+	}
+	return t.Address
+}
+
+// CA is the `ca:` section.
+type CA struct {
+	// Key is "file" (default: a P-256 key in data_dir) or "tpm" (a
+	// non-exportable key in the TPM that signs a rotating software
+	// intermediate; needs the tpm section).
+	Key string
+	// TPMHandle is the persistent handle of the TPM key (default 0x81000100).
+	TPMHandle uint32
+	// IntermediateTTL is the intermediate's lifetime with key: tpm (default 24h).
+	IntermediateTTL Duration
+}
+
+func (d decoder) tpm(v *yaml.Node, dst **TPM) error {
+	if v.Kind != yaml.MappingNode {
+		return d.errf(v, "tpm", "want a mapping (device or address), got %s", kindName(v))
+	}
+	t := &TPM{QuoteInterval: Duration(DefaultQuoteInterval)}
+	err := d.fields(v, "tpm", map[string]func(v *yaml.Node) error{
+		"device": func(v *yaml.Node) error {
+			if err := d.str(v, "tpm.device", &t.Device); err != nil {
+				return err
+			}
+			if !filepath.IsAbs(t.Device) {
+				return d.errf(v, "tpm.device", "want a device path such as /dev/tpmrm0, got %s", quote(t.Device))
+			}
+			return nil
+		},
+		"address": func(v *yaml.Node) error {
+			if err := d.str(v, "tpm.address", &t.Address); err != nil {
+				return err
+			}
+			if !strings.HasPrefix(t.Address, "tcp://") && !strings.HasPrefix(t.Address, "unix:///") {
+				return d.errf(v, "tpm.address", "want tcp://host:port or unix:///path, got %s", quote(t.Address))
+			}
+			return nil
+		},
+		"ek_roots": func(v *yaml.Node) error {
+			if err := d.str(v, "tpm.ek_roots", &t.EKRoots); err != nil {
+				return err
+			}
+			if !filepath.IsAbs(t.EKRoots) {
+				return d.errf(v, "tpm.ek_roots", "want an absolute file path, got %s", quote(t.EKRoots))
+			}
+			return nil
+		},
+		"pcrs": func(v *yaml.Node) error {
+			if v.Kind != yaml.SequenceNode {
+				return d.errf(v, "tpm.pcrs", "want a list of PCR indexes (0-23), got %s", kindName(v))
+			}
+			seen := map[int]bool{}
+			for i, item := range v.Content {
+				n, err := strconv.Atoi(item.Value)
+				if item.Kind != yaml.ScalarNode || item.Tag != "!!int" || err != nil || n < 0 || n > 23 {
+					return d.errf(item, fmt.Sprintf("tpm.pcrs[%d]", i), "want a PCR index from 0 to 23, got %s", kindName(item))
+				}
+				if seen[n] {
+					return d.errf(item, fmt.Sprintf("tpm.pcrs[%d]", i), "PCR %d listed twice", n)
+				}
+				seen[n] = true
+				t.PCRs = append(t.PCRs, n)
+			}
+			return nil
+		},
+		"quote_interval": func(v *yaml.Node) error { return d.duration(v, "tpm.quote_interval", &t.QuoteInterval) },
+	})
+	if err != nil {
+		return err
+	}
+	if (t.Device == "") == (t.Address == "") {
+		return d.errf(v, "tpm", "set exactly one of device (/dev/tpmrm0) and address (tcp://host:port, unix:///path)")
+	}
+	*dst = t
+	return nil
+}
+
+func (d decoder) ca(v *yaml.Node, c *CA) error {
+	if v.Kind != yaml.MappingNode {
+		return d.errf(v, "ca", "want a mapping, got %s", kindName(v))
+	}
+	return d.fields(v, "ca", map[string]func(v *yaml.Node) error{
+		"key": func(v *yaml.Node) error {
+			if err := d.str(v, "ca.key", &c.Key); err != nil {
+				return err
+			}
+			if c.Key != "file" && c.Key != "tpm" {
+				return d.errf(v, "ca.key", "want file or tpm, got %s", quote(c.Key))
+			}
+			return nil
+		},
+		"tpm_handle": func(v *yaml.Node) error {
+			h, err := strconv.ParseUint(v.Value, 0, 32)
+			if v.Kind != yaml.ScalarNode || err != nil || h < 0x81000000 || h > 0x817FFFFF {
+				return d.errf(v, "ca.tpm_handle", "want a persistent owner handle from 0x81000000 to 0x817fffff, got %s", kindName(v))
+			}
+			c.TPMHandle = uint32(h)
+			return nil
+		},
+		"intermediate_ttl": func(v *yaml.Node) error { return d.duration(v, "ca.intermediate_ttl", &c.IntermediateTTL) },
+	})
+}
