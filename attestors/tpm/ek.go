@@ -19,10 +19,10 @@ import (
 
 // TCG EK handles: persistent keys and the NV indexes of their certificates.
 const (
-	rsaEKHandle  = tpm2.TPMHandle(0x81010001)
-	rsaEKCertNV  = tpm2.TPMHandle(0x01c00002)
-	eccEKHandle  = tpm2.TPMHandle(0x81010016) // P-384, high range (as swtpm provisions it)
-	eccEKCertNV  = tpm2.TPMHandle(0x01c00016)
+	rsaEKHandle = tpm2.TPMHandle(0x81010001)
+	rsaEKCertNV = tpm2.TPMHandle(0x01c00002)
+	eccEKHandle = tpm2.TPMHandle(0x81010016) // P-384, high range (as swtpm provisions it)
+	eccEKCertNV = tpm2.TPMHandle(0x01c00016)
 )
 
 // EK is the endorsement key in use: the RSA EK when one is provisioned,
