@@ -27,6 +27,7 @@ import (
 	"github.com/nodeward/nodeward/agent/identity"
 	"github.com/nodeward/nodeward/agent/metrics"
 	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/attestors/tpm"
 	"github.com/nodeward/nodeward/attestors/unix"
 	"github.com/nodeward/nodeward/workloadapi"
 	"github.com/nodeward/nodeward/workloadapi/audit"
@@ -46,6 +47,9 @@ type Agent struct {
 	extraStatus func() any // set by AttachStatus
 	audit       *audit.Logger
 	obs         *observer
+	node        *node    // nil without a tpm section
+	tpm         *tpm.TPM // the TPM, when configured
+	ownsTPM     bool     // opened by New (closed when Serve ends)
 
 	mu  sync.Mutex
 	cfg *config.Agent
@@ -57,17 +61,73 @@ type Agent struct {
 	started time.Time
 }
 
+// Option changes how New builds the agent.
+type Option func(*options)
+
+type options struct{ tpm *tpm.TPM }
+
+// WithTPM makes the agent use tp for its tpm section instead of opening
+// the configured device or address (tests hand in a swtpm they also
+// drive). The caller keeps ownership of tp.
+func WithTPM(tp *tpm.TPM) Option { return func(o *options) { o.tpm = tp } }
+
+// startupTPMTimeout bounds the TPM work New does (open, EK, first quote,
+// CA key).
+const startupTPMTimeout = 60 * time.Second
+
 // New validates cfg, loads (or creates) the CA and builds the policy index.
-// It does not listen yet; Run does.
-func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
+// With a tpm section it opens the TPM, attests the node and, with ca.key
+// tpm, loads the CA root key from it; any TPM failure is an error (never a
+// fallback to software keys). It does not listen yet; Run does.
+func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
 	}
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
 	}
-	c, err := ca.LoadOrCreate(ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log, JWTIssuer: cfg.JWTIssuer})
+	caCfg := ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log, JWTIssuer: cfg.JWTIssuer}
+	var (
+		tp      *tpm.TPM
+		ownsTPM bool
+		nd      *node
+	)
+	if cfg.TPM != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), startupTPMTimeout)
+		defer cancel()
+		if tp = o.tpm; tp == nil {
+			if tp, err = tpm.Open(ctx, cfg.TPM.Addr()); err != nil {
+				return nil, fmt.Errorf("tpm (%s): %w", cfg.TPM.Addr(), err)
+			}
+			ownsTPM = true
+			defer func() {
+				if err != nil {
+					_ = tp.Close()
+				}
+			}()
+		}
+		if nd, err = startNode(ctx, tp, cfg.TPM, td, log); err != nil {
+			return nil, err
+		}
+		if cfg.CA.Key == "tpm" {
+			handle := cfg.CA.TPMHandle
+			if handle == 0 {
+				handle = config.DefaultTPMKeyHandle
+			}
+			signer, err := tp.SigningKey(ctx, handle)
+			if err != nil {
+				return nil, fmt.Errorf("ca.key tpm: %w", err)
+			}
+			caCfg.RootSigner = signer
+			caCfg.IntermediateTTL = time.Duration(cfg.CA.IntermediateTTL)
+		}
+	}
+	c, err := ca.LoadOrCreate(caCfg)
 	if err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
@@ -79,7 +139,8 @@ func New(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{log: log, ca: c, cfg: cfg, started: time.Now(), audit: al, readyCh: make(chan struct{})}
+	a = &Agent{log: log, ca: c, cfg: cfg, started: time.Now(), audit: al, readyCh: make(chan struct{}),
+		node: nd, tpm: tp, ownsTPM: ownsTPM}
 	a.metrics = metrics.New(
 		func() float64 { return float64(a.store.Stats().Entries) },
 		func() float64 { return float64(a.store.Stats().X509SVIDs) },
@@ -201,8 +262,12 @@ func (a *Agent) Reload(cfg *config.Agent) error {
 	a.cfg = cfg
 	a.mu.Unlock()
 	if cfg.TrustDomain != old.TrustDomain || cfg.SocketPath != old.SocketPath ||
-		cfg.DataDir != old.DataDir || cfg.AdminListen != old.AdminListen {
-		a.log.Warn("reload: trust_domain, socket_path, data_dir and admin_listen changes need a restart; keeping the old values")
+		cfg.DataDir != old.DataDir || cfg.AdminListen != old.AdminListen ||
+		(cfg.TPM == nil) != (old.TPM == nil) || cfg.CA != old.CA {
+		a.log.Warn("reload: trust_domain, socket_path, data_dir, admin_listen, tpm and ca changes need a restart; keeping the old values")
+	}
+	if a.node != nil {
+		a.node.requoteNow() // a changed PCR takes effect on SIGHUP
 	}
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
 	a.store.SetIndex(ix)
@@ -251,8 +316,17 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	}
 	a.workers = newWorkers(2 * len(a.attestors))
 	defer a.workers.stop()
+	if a.ownsTPM {
+		defer a.tpm.Close()
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.store.Run(ctx) })
+	if a.node != nil {
+		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate); return nil })
+	}
+	if !a.ca.NextRotation().IsZero() {
+		g.Go(func() error { a.rotateIntermediates(ctx); return nil })
+	}
 	g.Go(func() error { return a.server.Serve(ctx, l) })
 	if admin != nil {
 		g.Go(func() error { return a.serveAdmin(ctx, admin) })

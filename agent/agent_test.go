@@ -64,13 +64,13 @@ type running struct {
 }
 
 // startAgent runs an agent until the test ends and waits until it serves.
-func startAgent(t testing.TB, cfg *config.Agent) *running {
+func startAgent(t testing.TB, cfg *config.Agent, opts ...Option) *running {
 	t.Helper()
 	level := slog.LevelDebug
 	if _, bench := t.(*testing.B); bench {
 		level = slog.LevelWarn
 	}
-	a, err := New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level})))
+	a, err := New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level})), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

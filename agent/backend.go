@@ -73,6 +73,12 @@ func checkPeerUID(sels []selector.Selector, uid uint32) error {
 }
 
 func (b backend) match(sels []selector.Selector) ([]*policy.Entry, error) {
+	if n := b.a.node; n != nil {
+		// Node facts hold for every workload on the node; they are added at
+		// match time (not attestation time) so that a new quote takes
+		// effect on open streams at their next re-match.
+		sels = append(sels[:len(sels):len(sels)], n.selectors()...)
+	}
 	entries, err := b.a.store.Match(sels)
 	if err != nil {
 		b.a.log.Info("denied: no matching entry", "selectors", len(sels))

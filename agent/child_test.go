@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/test/swtpm"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 		return
 	}
 	code := m.Run()
+	swtpm.Cleanup()
 	if code == 0 {
 		if err := transcript.sweep(); err != nil {
 			fmt.Fprintln(os.Stderr, err)

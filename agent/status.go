@@ -21,8 +21,29 @@ type Status struct {
 	Identities  []IdentityStatus `json:"identities"`
 	Streams     map[string]int   `json:"open_streams"`
 	JWTCache    int              `json:"jwt_svids_cached"`
+	// Node is the node's TPM attestation (nil without a tpm section).
+	Node *NodeStatus `json:"node,omitempty"`
+	// CA describes the CA's keys.
+	CA CAStatus `json:"ca"`
 	// Broker is the embedded token broker's status (see AttachStatus).
 	Broker any `json:"broker,omitempty"`
+}
+
+// NodeStatus is the node as its TPM attests it.
+type NodeStatus struct {
+	// SPIFFEID is the agent's own identity, spiffe://<td>/nodeward/agent/tpm/<ek-hash>.
+	SPIFFEID  string            `json:"spiffe_id"`
+	Selectors []string          `json:"selectors"`
+	PCRs      map[string]string `json:"pcrs,omitempty"`
+	LastQuote *time.Time        `json:"last_quote,omitempty"`
+}
+
+// CAStatus says where the CA's root key lives and, for a TPM-held root,
+// the software intermediate that mints SVIDs.
+type CAStatus struct {
+	Key                   string     `json:"key"` // file or tpm
+	IntermediateNotAfter  *time.Time `json:"intermediate_not_after,omitempty"`
+	IntermediateRotatesAt *time.Time `json:"intermediate_rotates_at,omitempty"`
 }
 
 // AttachStatus adds the status of a component that runs inside the agent
@@ -67,6 +88,14 @@ func (a *Agent) Status() Status {
 	}
 	if a.extraStatus != nil {
 		st.Broker = a.extraStatus()
+	}
+	st.CA.Key = "file"
+	if in := a.ca.Intermediate(); in != nil {
+		na, ra := in.NotAfter, a.ca.NextRotation()
+		st.CA = CAStatus{Key: "tpm", IntermediateNotAfter: &na, IntermediateRotatesAt: &ra}
+	}
+	if n := a.node; n != nil {
+		st.Node = &NodeStatus{SPIFFEID: n.id.String(), Selectors: selector.Strings(n.selectors()), PCRs: n.pcrValues(), LastQuote: n.last.Load()}
 	}
 	for _, e := range a.store.Index().Entries() {
 		es := EntryStatus{ID: e.ID, SPIFFEID: e.SPIFFEID.String(), Selectors: selector.Strings(e.Selectors),

@@ -61,8 +61,9 @@ type Config struct {
 // issuer signs leaf certificates: today the root itself, later a software
 // intermediate certified by a hardware-held root.
 type issuer struct {
-	cert   *x509.Certificate
-	signer crypto.Signer
+	cert     *x509.Certificate
+	signer   crypto.Signer
+	rotateAt time.Time // when to replace an intermediate (zero for the root)
 }
 
 // CA mints SVIDs for one trust domain. It is safe for concurrent use.

@@ -64,7 +64,9 @@ func (c *CA) RotateIntermediate() error {
 	if err := cert.CheckSignatureFrom(c.root); err != nil {
 		return fmt.Errorf("intermediate: root key produced a bad signature: %w", err)
 	}
-	c.issuer.Store(&issuer{cert: cert, signer: key})
+	// Half its life, counted from now: NotBefore is backdated for clock
+	// skew, and counting from it would rotate at once for short lifetimes.
+	c.issuer.Store(&issuer{cert: cert, signer: key, rotateAt: now.Add(notAfter.Sub(now) / 2)})
 	return nil
 }
 
@@ -74,8 +76,7 @@ func (c *CA) NextRotation() time.Time {
 	if c.rootSigner == nil {
 		return time.Time{}
 	}
-	cert := c.issuer.Load().cert
-	return cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) / 2)
+	return c.issuer.Load().rotateAt
 }
 
 // Intermediate returns the current intermediate certificate, nil without an

@@ -26,7 +26,7 @@ const (
 	// TPMRootCertFile holds the root certificate of a TPM-held root key
 	// (Config.RootSigner), so switching key kinds never mixes roots.
 	TPMRootCertFile = "ca_cert_tpm.pem"
-	JWTKeyFile   = "jwt_key.pem" // PKCS#8 PEM, ECDSA P-256, mode 0600
+	JWTKeyFile      = "jwt_key.pem" // PKCS#8 PEM, ECDSA P-256, mode 0600
 )
 
 const (

@@ -183,6 +183,15 @@ func (s *Store) Changed() (<-chan struct{}, uint64) {
 	return s.changed, s.version
 }
 
+// Reevaluate wakes every watcher so it matches its workload again: facts
+// outside the policy changed (the node's TPM quote), so who gets which
+// identity may have changed although no entry did.
+func (s *Store) Reevaluate() {
+	s.mu.Lock()
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
 // notifyLocked wakes every watcher. s.mu must be held for writing.
 func (s *Store) notifyLocked() {
 	close(s.changed)

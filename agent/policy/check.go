@@ -48,8 +48,12 @@ type CheckOptions struct {
 
 // broad reports whether a selector, alone or with other broad ones, would
 // select a large, unrelated set of processes: groups, slices, QoS classes,
-// runtimes, the root cgroup, and root's uid.
+// runtimes, the root cgroup, root's uid, and node facts (tpm:…), which
+// every process of the node has.
 func broad(s selector.Selector) bool {
+	if s.Type == "tpm" {
+		return true
+	}
 	switch s.Type + ":" + s.Key {
 	case "unix:gid", "unix:group", "unix:supplementary-gid", "systemd:slice", "systemd:user-slice",
 		"k8s:qos", "container:runtime":
