@@ -38,6 +38,7 @@ func commands() []command {
 		{"validate", "validate --audience A TOKEN     validate a JWT-SVID through the agent", runValidate},
 		{"attest", "attest --pid PID [--json]        print the selectors the agent derives for a process", runAttest},
 		{"entries", "entries check FILE                check registration entries against the guardrails (exit 0 ok, 1 findings, 2 unreadable)", runEntries},
+		{"node", "node attest|verify [flags]       TPM node attestation: print evidence, or verify it (with credential activation)", runNode},
 		{"status", "status [--admin ADDR] [--json]   show identities, entries, streams and caches", runStatus},
 		{"healthcheck", "healthcheck [--socket S]        exit 0 when the agent answers", runHealthcheck},
 		{"version", "version                         print the version", runVersion},

@@ -94,6 +94,14 @@ func printBrokerStatus(w io.Writer, bs *broker.Status) error {
 
 func printAgentStatus(stdout io.Writer, st *agent.Status) error {
 	fmt.Fprintf(stdout, "trust domain: %s\nready:        %v\nuptime:       %s\nsocket:       %s\n", st.TrustDomain, st.Ready, st.Uptime, st.Socket)
+	if n := st.Node; n != nil {
+		fmt.Fprintf(stdout, "agent id:     %s\nnode:         %s\n", n.SPIFFEID, strings.Join(n.Selectors, " "))
+	}
+	ca := "file (data_dir)"
+	if st.CA.Key == "tpm" && st.CA.IntermediateNotAfter != nil {
+		ca = fmt.Sprintf("tpm (intermediate until %s, rotates %s)", st.CA.IntermediateNotAfter.UTC().Format(time.RFC3339), st.CA.IntermediateRotatesAt.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(stdout, "ca key:       %s\n", ca)
 	var streams []string
 	for rpc, n := range st.Streams {
 		streams = append(streams, fmt.Sprintf("%s=%d", rpc, n))

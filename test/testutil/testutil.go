@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/nodeward/nodeward/test/swtpm"
 )
 
 // BuildBinary builds cmd/nodeward into dir and returns its path.
@@ -181,5 +183,6 @@ func MainWithBinary(m *testing.M, bin *string) {
 	}
 	code := m.Run()
 	_ = os.RemoveAll(dir)
+	swtpm.Cleanup()
 	os.Exit(code)
 }
