@@ -1,9 +1,20 @@
 package ca
 
 import (
+	"context"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/nodeward/nodeward/attestors/tpm"
+	"github.com/nodeward/nodeward/test/swtpm"
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	swtpm.Cleanup()
+	os.Exit(code)
+}
 
 func BenchmarkMintX509SVID(b *testing.B) {
 	c := newCA(b, dataDir(b), nil)
@@ -21,6 +32,46 @@ func BenchmarkMintJWTSVID(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := c.MintJWTSVID(webID, aud, time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMintX509SVIDTPMRooted mints with the root key in a real swtpm:
+// the TPM signed the intermediate once, and each SVID is signed by the
+// software intermediate, so the per-request cost matches the software CA's.
+func BenchmarkMintX509SVIDTPMRooted(b *testing.B) {
+	_, tp := swtpm.Start(b)
+	signer, err := tp.SigningKey(context.Background(), tpm.DefaultSigningKeyHandle)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := LoadOrCreate(Config{TrustDomain: td, Dir: dataDir(b), RootSigner: signer})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.MintX509SVID(webID, []string{"web.internal"}, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRotateIntermediateTPM is one intermediate rotation: a TPM
+// signature plus a software key (off the request path).
+func BenchmarkRotateIntermediateTPM(b *testing.B) {
+	_, tp := swtpm.Start(b)
+	signer, err := tp.SigningKey(context.Background(), tpm.DefaultSigningKeyHandle)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := LoadOrCreate(Config{TrustDomain: td, Dir: dataDir(b), RootSigner: signer})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := c.RotateIntermediate(); err != nil {
 			b.Fatal(err)
 		}
 	}
