@@ -63,8 +63,9 @@ generate-check: generate
 tidy-check:
 	$(GO) mod tidy -diff
 
+# .deb and .rpm with nfpm (a Go tool pinned in tools/nfpm/go.mod) into dist/.
 packages:
-	@echo "packages: built by the packaging issue (nfpm); not yet available" >&2; exit 1
+	packaging/build-packages.sh dist
 
 # Runs the agent on the embedded default CA with a config granting the
 # invoking user an identity. In another shell: ./bin/nodeward fetch x509
@@ -75,4 +76,4 @@ run: build
 	./$(BIN) agent --config $(RUN_DIR)/agent.yaml
 
 clean:
-	rm -rf bin $(RUN_DIR)
+	rm -rf bin dist $(RUN_DIR)
