@@ -194,7 +194,11 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	}
 	for _, sf := range cfg.Sinks {
 		mode, _ := parseMode(sf.Mode)
-		s := &sink{key: sinkKey(sf, b.upstreams[sf.Upstream].Scopes()), path: sf.Path, mode: mode, uid: -1, gid: -1, log: log}
+		action, err := sinks.NewAction(sf.OnRotate, log.With("component", "sinks"))
+		if err != nil {
+			return nil, err
+		}
+		s := &sink{key: sinkKey(sf, b.upstreams[sf.Upstream].Scopes()), path: sf.Path, mode: mode, uid: -1, gid: -1, log: log, action: action}
 		if sf.Owner != nil {
 			s.uid = *sf.Owner
 		}

@@ -193,19 +193,7 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 	}
 	for i, sf := range c.SVIDFiles {
 		if err := sf.Validate(); err != nil {
-			var fe *sinks.FieldError
-			path := []any{"svid_files", i}
-			field := "svid_files[" + strconv.Itoa(i) + "]"
-			if errors.As(err, &fe) {
-				path = append(path, fe.Key...)
-				for _, k := range fe.Key {
-					if n, ok := k.(int); ok {
-						field += "[" + strconv.Itoa(n) + "]"
-					} else {
-						field += "." + k.(string)
-					}
-				}
-			}
+			path, field := fieldPath(err, []any{"svid_files", i}, "svid_files["+strconv.Itoa(i)+"]")
 			return bad(lineOf(root, path...), field, "%v", err)
 		}
 	}
@@ -241,6 +229,10 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 		if _, err := parseMode(sf.Mode); err != nil {
 			return bad(lineOf(root, "sinks", i, "mode"), field+".mode", "%v", err)
 		}
+		if err := sf.OnRotate.Validate(); err != nil {
+			path, f := fieldPath(err, []any{"sinks", i, "on_rotate"}, field+".on_rotate")
+			return bad(lineOf(root, path...), f, "%v", err)
+		}
 	}
 	if w := c.Cache.RefreshWindow; len(w) != 0 {
 		if len(w) != 2 || w[0] <= 0 || w[1] >= 1 || w[0] > w[1] {
@@ -256,6 +248,23 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 		return bad(lineOf(root, "log_level"), "log_level", "unknown level %q", c.LogLevel)
 	}
 	return nil
+}
+
+// fieldPath extends a key path and field name with a sinks.FieldError's
+// keys, so the error points at the line of the offending key.
+func fieldPath(err error, path []any, field string) ([]any, string) {
+	var fe *sinks.FieldError
+	if errors.As(err, &fe) {
+		path = append(path, fe.Key...)
+		for _, k := range fe.Key {
+			if n, ok := k.(int); ok {
+				field += "[" + strconv.Itoa(n) + "]"
+			} else {
+				field += "." + k.(string)
+			}
+		}
+	}
+	return path, field
 }
 
 func (u UpstreamFile) config() UpstreamConfig {

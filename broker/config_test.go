@@ -50,6 +50,8 @@ func TestParseConfig(t *testing.T) {
 			`broker.yaml:5: svid_files[1].x509_key: must be an absolute path, got "k.pem"`},
 		{"svid_files jwt audience", "listen: /run/x.sock\nsvid_files:\n  - jwt_svids:\n      - path: /t\n",
 			`broker.yaml:4: svid_files[0].jwt_svids[0].audience: audience is required`},
+		{"token sink on_rotate", "listen: /run/x.sock\nupstreams:\n  - name: corp\n    token_endpoint: https://idp/token\n    grant: jwt-bearer\nsinks:\n  - upstream: corp\n    path: /run/t\n    on_rotate:\n      signal: HUP\n",
+			`broker.yaml:10: sinks[0].on_rotate.signal: signal needs pid_file or unit`},
 		{"svid_files unknown key", "listen: /run/x.sock\nsvid_files:\n  - x509_bundel: /b.pem\n", `broker.yaml:3: unknown key "x509_bundel"`},
 	}
 	if _, err := ParseConfig("broker.yaml", []byte("listen: /run/x.sock\nsvid_files:\n  - x509_bundle: /b.pem\n")); err != nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodeward/nodeward/sinks"
 	"github.com/nodeward/nodeward/workloadapi/atomicfile"
 )
 
@@ -21,22 +22,31 @@ type SinkFile struct {
 	Mode     string   `yaml:"mode"`  // octal, default "0600"
 	Owner    *int     `yaml:"owner"` // uid; default: the broker's
 	Group    *int     `yaml:"group"` // gid; default: the broker's
+	// OnRotate runs after every rewrite (a command, or a signal to a PID
+	// file's process or a systemd unit), as for svid_files.
+	OnRotate sinks.OnRotate `yaml:"on_rotate"`
 }
 
 // sink writes one key's token to a file, atomically, on every refresh.
 type sink struct {
-	key  Key
-	path string
-	mode os.FileMode
-	uid  int
-	gid  int
-	log  *slog.Logger
+	key    Key
+	path   string
+	mode   os.FileMode
+	uid    int
+	gid    int
+	log    *slog.Logger
+	action *sinks.Action
 }
 
 func (s *sink) write(tok *Token) {
 	if err := atomicfile.WriteOwned(s.path, []byte(tok.AccessToken+"\n"), s.mode, s.uid, s.gid); err != nil {
 		s.log.Error("token sink write failed", "path", s.path, "err", err)
 		return
+	}
+	if s.action != nil && !s.action.Empty() {
+		// Off the refresh path: an action may take its time (bounded by
+		// its timeout); runs are serialized by the action.
+		go s.action.Run(context.Background())
 	}
 	s.log.Debug("token sink written", "path", s.path, "upstream", s.key.Upstream, "expires", tok.ExpiresAt)
 }

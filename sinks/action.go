@@ -4,21 +4,51 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 )
 
 // errNotRunning: the PID file is missing or names no live process.
 var errNotRunning = errors.New("not running")
 
-// runAction runs the on_rotate action: the command, then the signal to the
-// PID file's process and to the unit. Failures are logged; the files are
-// already in place, so the next rotation tries again.
-func (s *Sink) runAction(ctx context.Context) {
-	r := s.cfg.OnRotate
+// Action is a validated on_rotate action. Runs are serialized.
+type Action struct {
+	r       OnRotate
+	timeout time.Duration
+	log     *slog.Logger
+	mu      sync.Mutex
+}
+
+// NewAction validates r and returns its action.
+func NewAction(r OnRotate, log *slog.Logger) (*Action, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	timeout, _ := r.timeout()
+	return &Action{r: r, timeout: timeout, log: log}, nil
+}
+
+// Empty reports whether the action does nothing.
+func (a *Action) Empty() bool {
+	return len(a.r.Command) == 0 && a.r.Signal == ""
+}
+
+func (s *Sink) runAction(ctx context.Context) { s.action.Run(ctx) }
+
+// Run runs the action: the command, then the signal to the PID file's
+// process and to the unit. Failures are logged; the files are already in
+// place, so the next rotation tries again.
+func (a *Action) Run(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.r
+	s := a
 	if len(r.Command) > 0 {
 		cctx, cancel := context.WithTimeout(ctx, s.timeout)
 		cmd := exec.CommandContext(cctx, r.Command[0], r.Command[1:]...)

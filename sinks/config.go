@@ -119,26 +119,38 @@ func (f *SVIDFiles) Validate() error {
 	if _, err := parseMode(f.KeyMode, 0o600); err != nil {
 		return fieldErr(err.Error(), "key_mode")
 	}
-	r := f.OnRotate
+	if err := f.OnRotate.Validate(); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.Key = append([]any{"on_rotate"}, fe.Key...)
+		}
+		return err
+	}
+	return nil
+}
+
+// Validate checks an on_rotate action; errors are *FieldError with keys
+// relative to on_rotate.
+func (r OnRotate) Validate() error {
 	if r.Signal != "" {
 		if _, err := ParseSignal(r.Signal); err != nil {
-			return fieldErr(err.Error(), "on_rotate", "signal")
+			return fieldErr(err.Error(), "signal")
 		}
 		if r.PIDFile == "" && r.Unit == "" {
-			return fieldErr("signal needs pid_file or unit", "on_rotate", "signal")
+			return fieldErr("signal needs pid_file or unit", "signal")
 		}
 	}
 	if (r.PIDFile != "" || r.Unit != "") && r.Signal == "" {
-		return fieldErr("pid_file and unit need signal", "on_rotate")
+		return fieldErr("pid_file and unit need signal")
 	}
 	if r.PIDFile != "" && !filepath.IsAbs(r.PIDFile) {
-		return fieldErr(fmt.Sprintf("must be an absolute path, got %q", r.PIDFile), "on_rotate", "pid_file")
+		return fieldErr(fmt.Sprintf("must be an absolute path, got %q", r.PIDFile), "pid_file")
 	}
 	if len(r.Command) > 0 && r.Command[0] == "" {
-		return fieldErr("command[0] is empty", "on_rotate", "command")
+		return fieldErr("command[0] is empty", "command")
 	}
 	if _, err := r.timeout(); err != nil {
-		return fieldErr(err.Error(), "on_rotate", "timeout")
+		return fieldErr(err.Error(), "timeout")
 	}
 	return nil
 }

@@ -34,7 +34,7 @@ type Sink struct {
 	mode     os.FileMode
 	keyMode  os.FileMode
 	uid, gid int
-	timeout  time.Duration
+	action   *Action
 
 	mu      sync.Mutex        // serializes writes and actions
 	written map[string][]byte // last content per path
@@ -48,9 +48,12 @@ func New(cfg SVIDFiles, log *slog.Logger) (*Sink, error) {
 	}
 	mode, _ := parseMode(cfg.Mode, 0o644)
 	keyMode, _ := parseMode(cfg.KeyMode, 0o600)
-	timeout, _ := cfg.OnRotate.timeout()
+	action, err := NewAction(cfg.OnRotate, log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Sink{cfg: cfg, log: log, mode: os.FileMode(mode), keyMode: os.FileMode(keyMode),
-		uid: -1, gid: -1, timeout: timeout, written: map[string][]byte{}}
+		uid: -1, gid: -1, action: action, written: map[string][]byte{}}
 	if cfg.Owner != nil {
 		s.uid = *cfg.Owner
 	}

@@ -169,6 +169,8 @@ func TestBrokerTokenFileSink(t *testing.T) {
     audience: files
     path: $DIR/token
     mode: "0640"
+    on_rotate:
+      command: [/bin/sh, -c, "cp $DIR/token $DIR/token.seen-by-command"]
 `)
 	path := filepath.Join(e.Dir, "token")
 	deadline := time.Now().Add(10 * time.Second)
@@ -190,6 +192,17 @@ func TestBrokerTokenFileSink(t *testing.T) {
 	a := e.Token(t, "upstream=corp&audience=files")
 	if a.Status != 200 || strings.TrimSpace(string(data)) != a.AccessToken {
 		t.Fatalf("file holds another token than the API serves: %+v", a)
+	}
+	// The on_rotate command ran after the write and saw the new token.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		if seen, err := os.ReadFile(path + ".seen-by-command"); err == nil && strings.TrimSpace(string(seen)) == a.AccessToken {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("on_rotate command did not run after the write; broker log:\n%s", e.Broker.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
