@@ -41,15 +41,7 @@ func BenchmarkMintJWTSVID(b *testing.B) {
 // the TPM signed the intermediate once, and each SVID is signed by the
 // software intermediate, so the per-request cost matches the software CA's.
 func BenchmarkMintX509SVIDTPMRooted(b *testing.B) {
-	_, tp := swtpm.Start(b)
-	signer, err := tp.SigningKey(context.Background(), tpm.DefaultSigningKeyHandle)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c, err := LoadOrCreate(Config{TrustDomain: td, Dir: dataDir(b), RootSigner: signer})
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := tpmRootedCA(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := c.MintX509SVID(webID, []string{"web.internal"}, time.Hour); err != nil {
@@ -61,6 +53,17 @@ func BenchmarkMintX509SVIDTPMRooted(b *testing.B) {
 // BenchmarkRotateIntermediateTPM is one intermediate rotation: a TPM
 // signature plus a software key (off the request path).
 func BenchmarkRotateIntermediateTPM(b *testing.B) {
+	c := tpmRootedCA(b)
+	for b.Loop() {
+		if err := c.RotateIntermediate(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// tpmRootedCA is a CA whose root key is persisted in a fresh swtpm.
+func tpmRootedCA(b *testing.B) *CA {
+	b.Helper()
 	_, tp := swtpm.Start(b)
 	signer, err := tp.SigningKey(context.Background(), tpm.DefaultSigningKeyHandle)
 	if err != nil {
@@ -70,9 +73,5 @@ func BenchmarkRotateIntermediateTPM(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for b.Loop() {
-		if err := c.RotateIntermediate(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	return c
 }
