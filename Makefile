@@ -39,6 +39,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/config
 	$(GO) test -run '^$$' -fuzz '^FuzzParseStatus$$' -fuzztime $(FUZZTIME) ./attestors/unix
 	$(GO) test -run '^$$' -fuzz '^FuzzParseProcCgroup$$' -fuzztime $(FUZZTIME) ./attestors/cgroup
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./attestors/tpm
+	$(GO) test -run '^$$$$' -fuzz '^FuzzEncoder$$$$' -fuzztime $(FUZZTIME) ./workloadapi/audit
 
 lint: fmt-check vet staticcheck
 
