@@ -253,3 +253,44 @@ func TestOpenErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestECCEKWhenNoRSAEK: with the RSA EK evicted, the ECC EK is the one in
+// use (its hash, its certificate); activation says it is unsupported
+// rather than failing obscurely.
+func TestECCEKWhenNoRSAEK(t *testing.T) {
+	t.Parallel()
+	sim, tp := swtpm.Start(t)
+	rsaEK, err := tp.EK(ctx)
+	if err != nil || rsaEK.Type != "rsa" {
+		t.Fatalf("first EK: %v %v", rsaEK, err)
+	}
+	if err := tpm.EvictForTest(ctx, tp, 0x81010001); err != nil {
+		t.Fatal(err)
+	}
+	ek, err := tp.EK(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ek.Type != "ecc" || ek.Cert == nil || ek.Hash() == rsaEK.Hash() {
+		t.Fatalf("EK after evicting the RSA EK: type %s, cert %v", ek.Type, ek.Cert != nil)
+	}
+	roots, inter := sim.Roots(t)
+	if _, err := tpm.VerifyEKCert(ek.Cert, inter, roots); err != nil {
+		t.Fatalf("ECC EK chain: %v", err)
+	}
+	n := nonce(t)
+	ev, err := tp.Attest(ctx, n, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := tpm.Verify(ev, n, roots, inter); err != nil || res.EKHash != ek.Hash() {
+		t.Fatalf("verify with the ECC EK: %v", err)
+	}
+	ch, _, err := tpm.NewChallenge(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.ActivateCredential(ctx, ch); !errors.Is(err, tpm.ErrUnsupported) {
+		t.Fatalf("activation with the ECC EK: %v, want ErrUnsupported", err)
+	}
+}

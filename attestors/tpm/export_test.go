@@ -1,0 +1,25 @@
+package tpm
+
+import (
+	"context"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// EvictForTest removes a persistent object (tests only: to run a TPM
+// without its RSA EK).
+func EvictForTest(ctx context.Context, tp *TPM, handle uint32) error {
+	return tp.do(ctx, func(t transport.TPM) error {
+		rp, err := tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(handle)}.Execute(t)
+		if err != nil {
+			return err
+		}
+		_, err = tpm2.EvictControl{
+			Auth:             tpm2.TPMRHOwner,
+			ObjectHandle:     &tpm2.NamedHandle{Handle: tpm2.TPMHandle(handle), Name: rp.Name},
+			PersistentHandle: tpm2.TPMHandle(handle),
+		}.Execute(t)
+		return err
+	})
+}
