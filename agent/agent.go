@@ -141,9 +141,24 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	}
 	a = &Agent{log: log, ca: c, cfg: cfg, started: time.Now(), audit: al, readyCh: make(chan struct{}),
 		node: nd, tpm: tp, ownsTPM: ownsTPM}
-	a.metrics = metrics.New(
+	a.metrics = metrics.NewWith(
 		func() float64 { return float64(a.store.Stats().Entries) },
 		func() float64 { return float64(a.store.Stats().X509SVIDs) },
+		func() float64 {
+			if a.node == nil {
+				return 0
+			}
+			if t := a.node.last.Load(); t != nil {
+				return float64(t.Unix())
+			}
+			return 0
+		},
+		func() float64 {
+			if in := a.ca.Intermediate(); in != nil {
+				return float64(in.NotAfter.Unix())
+			}
+			return 0
+		},
 	)
 	a.obs = &observer{m: a.metrics, audit: al, log: log}
 	a.store, err = identity.New(identity.Config{CA: c, Index: ix, Logger: log, Observer: a.obs})
@@ -322,7 +337,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.store.Run(ctx) })
 	if a.node != nil {
-		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate); return nil })
+		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate, a.metrics.TPMQuotes); return nil })
 	}
 	if !a.ca.NextRotation().IsZero() {
 		g.Go(func() error { a.rotateIntermediates(ctx); return nil })

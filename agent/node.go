@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/nodeward/nodeward/agent/config"
@@ -135,7 +136,7 @@ func (n *node) requote(ctx context.Context) (bool, error) {
 
 // run re-quotes every interval and when poked (SIGHUP), calling onChange
 // when the node's selectors changed.
-func (n *node) run(ctx context.Context, onChange func()) {
+func (n *node) run(ctx context.Context, onChange func(), quotes *prometheus.CounterVec) {
 	t := time.NewTicker(n.interval)
 	defer t.Stop()
 	for {
@@ -147,7 +148,10 @@ func (n *node) run(ctx context.Context, onChange func()) {
 		}
 		changed, err := n.requote(ctx)
 		if err != nil {
+			quotes.WithLabelValues("error").Inc()
 			n.log.Error("TPM quote failed; PCR selectors withdrawn until one verifies", "err", err)
+		} else {
+			quotes.WithLabelValues("ok").Inc()
 		}
 		if changed {
 			n.log.Warn("node PCR selectors changed", "pcrs", n.pcrValues())
@@ -189,6 +193,7 @@ func (a *Agent) rotateIntermediates(ctx context.Context) {
 		case <-t.C:
 		}
 		if err := a.ca.RotateIntermediate(); err != nil {
+			a.metrics.IntermRotation.WithLabelValues("error").Inc()
 			a.log.Error("CA intermediate rotation failed; retrying", "err", err, "current_not_after", a.ca.Intermediate().NotAfter)
 			t := time.NewTimer(retry)
 			select {
@@ -201,6 +206,7 @@ func (a *Agent) rotateIntermediates(ctx context.Context) {
 			continue
 		}
 		retry = 5 * time.Second
+		a.metrics.IntermRotation.WithLabelValues("ok").Inc()
 		a.log.Info("rotated the CA intermediate (signed by the TPM-held root)", "not_after", a.ca.Intermediate().NotAfter)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -119,6 +120,12 @@ func TestTPMNodeSelectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "stream without boot-state", func() bool { return slices.Equal(latest(), []string{"this-node"}) })
+	if ok := promtest.ToFloat64(r.agent.metrics.TPMQuotes.WithLabelValues("ok")); ok < 1 {
+		t.Errorf("nodeward_tpm_quotes_total{result=ok} = %v after a re-quote", ok)
+	}
+	if ts := metricValue(t, r.agent, "nodeward_tpm_last_quote_timestamp_seconds"); ts < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("nodeward_tpm_last_quote_timestamp_seconds = %v", ts)
+	}
 	xc, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(r.addr))
 	if err != nil || !slices.Equal(ids(xc), []string{"this-node"}) {
 		t.Fatalf("after the PCR change: %v %v", xc, err)
@@ -181,6 +188,12 @@ func TestTPMRootedCA(t *testing.T) {
 	if !slices.EqualFunc(r.agent.ca.X509Authorities(), roots, func(a, b *x509.Certificate) bool { return a.Equal(b) }) {
 		t.Fatal("the bundle changed with the intermediate")
 	}
+	if n := promtest.ToFloat64(r.agent.metrics.IntermRotation.WithLabelValues("ok")); n < 1 {
+		t.Errorf("nodeward_ca_intermediate_rotations_total{result=ok} = %v", n)
+	}
+	if exp := metricValue(t, r.agent, "nodeward_ca_intermediate_expiry_timestamp_seconds"); exp < float64(time.Now().Unix()) {
+		t.Errorf("nodeward_ca_intermediate_expiry_timestamp_seconds = %v, want in the future", exp)
+	}
 
 	// Restart the TPM and a new agent on the same data dir: same root.
 	sim.Stop(tp)
@@ -216,6 +229,22 @@ func TestTPMStartupFailures(t *testing.T) {
 	if _, err := New(cfg, nil, WithTPM(tp)); !errors.Is(err, tpm.ErrEKChain) {
 		t.Fatalf("EK chain against a wrong root: %v, want tpm.ErrEKChain", err)
 	}
+}
+
+// metricValue reads a gauge from the agent's registry.
+func metricValue(t *testing.T, a *Agent, name string) float64 {
+	t.Helper()
+	mfs, err := a.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
 }
 
 func selfSignedCA(t *testing.T) *x509.Certificate {

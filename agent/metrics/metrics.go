@@ -28,6 +28,8 @@ type Metrics struct {
 	Revocations    prometheus.Counter
 	Reloads        *prometheus.CounterVec // result
 	AuditErrors    prometheus.Counter
+	TPMQuotes      *prometheus.CounterVec // result (ok, error)
+	IntermRotation *prometheus.CounterVec // result (ok, error)
 }
 
 // Buckets for local RPCs: 50 µs to ~400 ms.
@@ -36,6 +38,13 @@ var latencyBuckets = prometheus.ExponentialBuckets(50e-6, 2, 14)
 // New registers the metrics on a fresh registry. entries and svids report
 // the policy size and the X.509-SVIDs held, read at scrape time.
 func New(entries, svids func() float64) *Metrics {
+	return NewWith(entries, svids, nil, nil)
+}
+
+// NewWith is New plus two timestamps read at scrape time (Unix seconds, 0
+// when not applicable): the last verified TPM quote and the CA
+// intermediate's expiry.
+func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metrics {
 	r := prometheus.NewRegistry()
 	f := func(c prometheus.Collector) { r.MustRegister(c) }
 	m := &Metrics{
@@ -81,9 +90,16 @@ func New(entries, svids func() float64) *Metrics {
 		AuditErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nodeward_audit_write_errors_total", Help: "Audit records that could not be written.",
 		}),
+		TPMQuotes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_tpm_quotes_total", Help: "TPM quotes taken and verified by the agent, by result (ok, error: PCR selectors withdrawn).",
+		}, []string{"result"}),
+		IntermRotation: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_ca_intermediate_rotations_total", Help: "Rotations of the TPM-signed CA intermediate, by result (ok, error: retried, the current one stays valid).",
+		}, []string{"result"}),
 	}
 	for _, c := range []prometheus.Collector{m.RPCs, m.RPCDuration, m.OpenStreams, m.Issued, m.Denied, m.Attestation,
-		m.AttestFailures, m.Minted, m.Rotations, m.RotationFails, m.Revocations, m.Reloads, m.AuditErrors} {
+		m.AttestFailures, m.Minted, m.Rotations, m.RotationFails, m.Revocations, m.Reloads, m.AuditErrors,
+		m.TPMQuotes, m.IntermRotation} {
 		f(c)
 	}
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -92,6 +108,16 @@ func New(entries, svids func() float64) *Metrics {
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "nodeward_active_x509_svids", Help: "X.509-SVIDs held (one per entry in use), rotated before expiry.",
 	}, svids))
+	if lastQuote != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nodeward_tpm_last_quote_timestamp_seconds", Help: "When the last TPM quote verified (Unix time; 0: none yet or no tpm section).",
+		}, lastQuote))
+	}
+	if intermediateExpiry != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nodeward_ca_intermediate_expiry_timestamp_seconds", Help: "When the CA intermediate expires (Unix time; 0: the root signs directly).",
+		}, intermediateExpiry))
+	}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
