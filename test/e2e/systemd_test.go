@@ -78,15 +78,26 @@ func (n *notifySocket) waitFor(t *testing.T, from int, want string, within time.
 // LISTEN_PID=$$ is the daemon's), NOTIFY_SOCKET and WATCHDOG_USEC.
 func startActivated(t *testing.T, bin string, l *net.UnixListener, fdName, notify string, args ...string) (*exec.Cmd, *bytes.Buffer) {
 	t.Helper()
-	f, err := l.File()
-	if err != nil {
-		t.Fatal(err)
+	return startActivatedMany(t, bin, []*net.UnixListener{l}, []string{fdName}, notify, args...)
+}
+
+// startActivatedMany passes several listening sockets (fd 3, 4, …) named
+// by LISTEN_FDNAMES, as a service with several socket units gets them.
+func startActivatedMany(t *testing.T, bin string, ls []*net.UnixListener, names []string, notify string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	var files []*os.File
+	for _, l := range ls {
+		f, err := l.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		files = append(files, f)
 	}
-	defer f.Close()
 	cmd := exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin}, args...)...)
-	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES="+fdName,
+	cmd.Env = append(os.Environ(), fmt.Sprintf("LISTEN_FDS=%d", len(ls)), "LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"NOTIFY_SOCKET="+notify, "WATCHDOG_USEC=300000")
-	cmd.ExtraFiles = []*os.File{f}
+	cmd.ExtraFiles = files
 	var log bytes.Buffer
 	var mu sync.Mutex
 	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(p) })
@@ -255,5 +266,67 @@ upstreams:
 	n.waitFor(t, next, "STOPPING=1", 5*time.Second)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("broker exit: %v", err)
+	}
+}
+
+// TestAgentWithEmbeddedBrokerTakesBothSockets: an agent with a broker
+// section, started with two sockets (workload and broker), serves each on
+// its own and says READY=1 only when both serve.
+func TestAgentWithEmbeddedBrokerTakesBothSockets(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	extra := fmt.Sprintf(`entries:
+  - spiffe_id: spiffe://example.org/node-broker
+    selectors: [unix:uid:%d, "unix:path:%s"]
+broker:
+  listen: %s/configured-broker.sock
+  upstreams:
+    - name: corp
+      token_endpoint: http://127.0.0.1:1/token
+      grant: jwt-bearer
+`, os.Geteuid(), bin, dir)
+	cfg, configured := testutil.WriteConfig(t, dir, "example.org", extra)
+	var ls []*net.UnixListener
+	for _, name := range []string{"workload", "broker"} {
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "activated-"+name+".sock"), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.SetUnlinkOnClose(false)
+		ls = append(ls, l)
+	}
+	n := listenNotify(t, dir)
+	cmd, _ := startActivatedMany(t, bin, ls, []string{"workload", "broker"}, n.path, "agent", "--config", cfg)
+	for _, l := range ls {
+		_ = l.Close()
+	}
+	next, _ := n.waitFor(t, 0, "READY=1", 10*time.Second)
+	if out, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", filepath.Join(dir, "activated-workload.sock")); code != 0 || !strings.Contains(out, "node-broker") {
+		t.Fatalf("workload socket: %d %s %s", code, out, errOut)
+	}
+	c, err := net.Dial("unix", filepath.Join(dir, "activated-broker.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /v1/token?upstream=corp HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	k, _ := c.Read(buf)
+	if !strings.HasPrefix(string(buf[:k]), "HTTP/1.1 400") {
+		t.Fatalf("broker on its activated socket answered %q", buf[:k])
+	}
+	for _, p := range []string{configured, filepath.Join(dir, "configured-broker.sock")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Fatalf("%s created although systemd passed a socket", p)
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor(t, next, "STOPPING=1", 5*time.Second)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("agent exit: %v", err)
 	}
 }
