@@ -70,8 +70,11 @@ func readEK(t transport.TPM) (*EK, error) {
 		typ        string
 	}{{rsaEKHandle, rsaEKCertNV, "rsa"}, {eccEKHandle, eccEKCertNV, "ecc"}} {
 		rp, err := tpm2.ReadPublic{ObjectHandle: c.handle}.Execute(t)
+		if isTPMError(err) {
+			continue // the TPM says: no such object (not provisioned)
+		}
 		if err != nil {
-			continue // not provisioned
+			return nil, fmt.Errorf("read EK: %w", err)
 		}
 		area, err := rp.OutPublic.Contents()
 		if err != nil {
@@ -93,6 +96,13 @@ func readEK(t transport.TPM) (*EK, error) {
 		return ek, nil
 	}
 	return nil, fmt.Errorf("%w: none at 0x81010001 (RSA) or 0x81010016 (ECC); provision the TPM (tpm2_createek -c 0x81010001)", ErrNoEK)
+}
+
+// isTPMError reports whether err is an error code from the TPM (as opposed
+// to a transport failure or nil).
+func isTPMError(err error) bool {
+	var rc tpm2.TPMRC
+	return errors.As(err, &rc)
 }
 
 // readNV reads a whole NV index.

@@ -33,19 +33,19 @@ func (f *fakeRetryingTPM) Close() error { return nil }
 
 func TestRetryOnTPMRCRetry(t *testing.T) {
 	f := &fakeRetryingTPM{answers: []tpm2.TPMRC{tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCSuccess}}
-	rsp, err := (&retrying{f}).Send([]byte{0})
+	rsp, err := (&retrying{TPMCloser: f}).Send([]byte{0})
 	if err != nil || f.sent != 3 || binary.BigEndian.Uint32(rsp[6:10]) != uint32(tpm2.TPMRCSuccess) {
 		t.Fatalf("sent %d times, rsp %x, err %v: want 3 sends ending in success", f.sent, rsp, err)
 	}
 	// A TPM that keeps answering RETRY is given up on (bounded).
 	stuck := &fakeRetryingTPM{answers: []tpm2.TPMRC{tpm2.TPMRCRetry}}
-	rsp, _ = (&retrying{stuck}).Send([]byte{0})
+	rsp, _ = (&retrying{TPMCloser: stuck}).Send([]byte{0})
 	if stuck.sent != 9 || binary.BigEndian.Uint32(rsp[6:10]) != uint32(tpm2.TPMRCRetry) {
 		t.Fatalf("stuck TPM: sent %d times", stuck.sent)
 	}
 	// Other errors are not retried.
 	other := &fakeRetryingTPM{answers: []tpm2.TPMRC{tpm2.TPMRCHandle}}
-	if _, _ = (&retrying{other}).Send([]byte{0}); other.sent != 1 {
+	if _, _ = (&retrying{TPMCloser: other}).Send([]byte{0}); other.sent != 1 {
 		t.Fatalf("TPM_RC_HANDLE resent %d times", other.sent)
 	}
 }

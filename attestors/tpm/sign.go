@@ -34,8 +34,12 @@ func (tp *TPM) SigningKey(ctx context.Context, handle uint32) (*Signer, error) {
 	h := tpm2.TPMHandle(handle)
 	s := &Signer{tp: tp, handle: h}
 	err := tp.do(ctx, func(t transport.TPM) error {
-		if rp, err := (tpm2.ReadPublic{ObjectHandle: h}).Execute(t); err == nil {
+		rp, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(t)
+		if err == nil {
 			return s.adopt(rp.OutPublic, rp.Name, handle)
+		}
+		if !isTPMError(err) {
+			return fmt.Errorf("read signing key at %#x: %w", handle, err)
 		}
 		srk, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(t)
 		if err != nil {

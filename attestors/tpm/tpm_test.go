@@ -294,3 +294,43 @@ func TestECCEKWhenNoRSAEK(t *testing.T) {
 		t.Fatalf("activation with the ECC EK: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestReopenAfterSimulatorRestart: a TPM opened by address survives its
+// simulator restarting: the next operation reopens the connection; keys
+// persisted in the TPM are still there.
+func TestReopenAfterSimulatorRestart(t *testing.T) {
+	t.Parallel()
+	sim := swtpm.StartTCP(t)
+	tp, err := tpm.Open(ctx, sim.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	k, err := tp.SigningKey(ctx, tpm.DefaultSigningKeyHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := tp.EK(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.Restart(t)
+	after, err := tp.EK(ctx)
+	if err != nil {
+		t.Fatalf("EK after the simulator restarted: %v", err)
+	}
+	if after.Hash() != before.Hash() {
+		t.Fatal("another EK after reopening")
+	}
+	d := sha256.Sum256([]byte("after restart"))
+	sig, err := k.Sign(nil, d[:], nil)
+	if err != nil || !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], sig) {
+		t.Fatalf("persisted key after reopening: %v", err)
+	}
+	if err := tp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.Ping(ctx); !errors.Is(err, tpm.ErrOpen) {
+		t.Fatalf("Ping after Close: %v, want ErrOpen", err)
+	}
+}

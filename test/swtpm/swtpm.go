@@ -214,6 +214,8 @@ type TCP struct {
 	Addr     string // tcp://127.0.0.1:PORT
 	StateDir string
 	RootsPEM string
+	port     int
+	stop     func()
 }
 
 // StartTCP runs a fresh swtpm on a free loopback port pair.
@@ -230,41 +232,73 @@ func StartTCP(t testing.TB) *TCP {
 // StartTCPOnState runs swtpm over TCP on an existing state directory.
 func StartTCPOnState(t testing.TB, stateDir string) *TCP {
 	t.Helper()
-	p := Provision(t)
 	for attempt := 0; attempt < 10; attempt++ {
 		port, err := freePortPair()
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+stateDir,
-			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-			"--flags", "not-need-init,startup-clear")
-		var out lockedBuf
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+		if s := startTCPAt(t, stateDir, port); s != nil {
+			return s
 		}
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if waitListening(addr, exited) {
-			t.Cleanup(func() {
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-exited:
-				case <-time.After(5 * time.Second):
-					_ = cmd.Process.Kill()
-					<-exited
-				}
-			})
-			return &TCP{Addr: "tcp://" + addr, StateDir: stateDir, RootsPEM: p.RootsPEM}
-		}
-		_ = cmd.Process.Kill()
-		<-exited // port taken in the meantime: try another pair
+		// The port was taken in the meantime: try another pair.
 	}
 	t.Fatal("swtpm: no free port pair after 10 attempts")
 	return nil
+}
+
+// Restart stops this swtpm and starts another on the same state and port,
+// as when a simulator is restarted under a running client.
+func (s *TCP) Restart(t testing.TB) {
+	t.Helper()
+	s.stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if ns := startTCPAt(t, s.StateDir, s.port); ns != nil {
+			*s = *ns
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("swtpm: could not restart on port %d", s.port)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startTCPAt starts swtpm on port and port+1; nil when it did not come up.
+func startTCPAt(t testing.TB, stateDir string, port int) *TCP {
+	t.Helper()
+	p := Provision(t)
+	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+stateDir,
+		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+		"--flags", "not-need-init,startup-clear")
+	var out lockedBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	if !waitListening(addr, exited) {
+		_ = cmd.Process.Kill()
+		<-exited
+		return nil
+	}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(5 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &TCP{Addr: "tcp://" + addr, StateDir: stateDir, RootsPEM: p.RootsPEM, port: port, stop: stop}
 }
 
 // waitListening polls until addr accepts (without keeping the connection,
