@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -278,7 +279,7 @@ func (a *Agent) Reload(cfg *config.Agent) error {
 	a.mu.Unlock()
 	if cfg.TrustDomain != old.TrustDomain || cfg.SocketPath != old.SocketPath ||
 		cfg.DataDir != old.DataDir || cfg.AdminListen != old.AdminListen ||
-		(cfg.TPM == nil) != (old.TPM == nil) || cfg.CA != old.CA {
+		!reflect.DeepEqual(cfg.TPM, old.TPM) || cfg.CA != old.CA {
 		a.log.Warn("reload: trust_domain, socket_path, data_dir, admin_listen, tpm and ca changes need a restart; keeping the old values")
 	}
 	if a.node != nil {

@@ -67,6 +67,7 @@ type FieldError struct {
 	Msg string
 }
 
+// Error returns the message (the caller adds file, line and key).
 func (e *FieldError) Error() string { return e.Msg }
 
 // Is makes errors.Is(err, ErrInvalid) hold.

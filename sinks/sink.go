@@ -85,14 +85,17 @@ func (s *Sink) Run(ctx context.Context, src Source) error {
 	return nil
 }
 
-// watch runs a go-spiffe watch (which retries by itself) until ctx ends.
+// watch runs a go-spiffe watch (which retries by itself) until ctx ends,
+// restarting it a second after it returns for any other reason.
 func (s *Sink) watch(ctx context.Context, what string, f func() error) {
-	for ctx.Err() == nil {
-		if err := f(); err != nil && ctx.Err() == nil {
-			s.log.Warn("svid file sink: watch ended; restarting", "stream", what, "err", err)
-			if !sleep(ctx, time.Second) {
-				return
-			}
+	for {
+		err := f()
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("svid file sink: watch ended; restarting", "stream", what, "err", err)
+		if !sleep(ctx, time.Second) {
+			return
 		}
 	}
 }
