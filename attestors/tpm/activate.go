@@ -55,8 +55,9 @@ func challengeFor(ek, ak *tpm2.TPMTPublic) (*Challenge, []byte, error) {
 
 // ActivateCredential answers a challenge: the TPM decrypts it with the EK
 // (under the EK's policy: PolicySecret of the endorsement hierarchy) and
-// releases the secret only if the challenge names this TPM's AK. Only the
-// RSA EK (TCG low-range template) is supported for activation.
+// releases the secret only if the challenge names this TPM's AK. EKs of the
+// TCG low-range templates (RSA 2048, ECC P-256; persistent or re-created)
+// are supported; the high-range P-384 EK is not.
 func (tp *TPM) ActivateCredential(ctx context.Context, ch *Challenge) ([]byte, error) {
 	var out []byte
 	err := tp.do(ctx, func(t transport.TPM) error {
@@ -64,8 +65,11 @@ func (tp *TPM) ActivateCredential(ctx context.Context, ch *Challenge) ([]byte, e
 		if err != nil {
 			return err
 		}
-		if ek.Type != "rsa" {
-			return fmt.Errorf("%w: credential activation with the %s EK", ErrUnsupported, ek.Type)
+		defer ek.release(t)
+		if ek.handle == eccHiEKHandle {
+			// The high-range P-384 EK's policy (PolicyOR of SHA-384 branches)
+			// is not implemented.
+			return fmt.Errorf("%w: credential activation with the high-range P-384 EK", ErrUnsupported)
 		}
 		ak, err := createAK(t)
 		if err != nil {

@@ -17,12 +17,16 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
-// TCG EK handles: persistent keys and the NV indexes of their certificates.
+// TCG EK handles: persistent keys and the NV indexes of their certificates
+// (TCG EK Credential Profile).
 const (
-	rsaEKHandle = tpm2.TPMHandle(0x81010001)
-	rsaEKCertNV = tpm2.TPMHandle(0x01c00002)
-	eccEKHandle = tpm2.TPMHandle(0x81010016) // P-384, high range (as swtpm provisions it)
-	eccEKCertNV = tpm2.TPMHandle(0x01c00016)
+	rsaEKHandle    = tpm2.TPMHandle(0x81010001)
+	rsaEKCertNV    = tpm2.TPMHandle(0x01c00002)
+	eccEKHandle    = tpm2.TPMHandle(0x81010002) // low range (P-256)
+	eccEKCertNV    = tpm2.TPMHandle(0x01c0000a)
+	eccHiEKHandle  = tpm2.TPMHandle(0x81010016) // high range P-384, as swtpm provisions it
+	eccHiEKCertNV  = tpm2.TPMHandle(0x01c00016)
+	noPersistentEK = tpm2.TPMHandle(0)
 )
 
 // EK is the endorsement key in use: the RSA EK when one is provisioned,
@@ -34,9 +38,21 @@ type EK struct {
 	// Cert is the EK certificate from NV, nil when the TPM has none.
 	Cert *x509.Certificate
 	// Type is "rsa" or "ecc".
-	Type   string
-	handle tpm2.TPMHandle
-	name   tpm2.TPM2BName
+	Type string
+	// Persistent is false for an EK the TPM has no persistent copy of: it
+	// was re-created from the endorsement seed with the TCG template that
+	// its certificate was issued for.
+	Persistent bool
+	handle     tpm2.TPMHandle // loaded while an operation uses it
+	name       tpm2.TPM2BName
+}
+
+// release flushes a re-created (transient) EK.
+func (ek *EK) release(t transport.TPM) {
+	if !ek.Persistent && ek.handle != 0 {
+		flush(t, ek.handle)
+		ek.handle = 0
+	}
 }
 
 // Hash is EKHash of the EK's public key.
@@ -58,44 +74,104 @@ func (tp *TPM) EK(ctx context.Context) (*EK, error) {
 	var ek *EK
 	err := tp.do(ctx, func(t transport.TPM) error {
 		var err error
-		ek, err = readEK(t)
+		if ek, err = readEK(t); err == nil {
+			ek.release(t)
+		}
 		return err
 	})
 	return ek, err
 }
 
+// ekSource is one place an EK may come from, in order of preference.
+type ekSource struct {
+	typ      string
+	handle   tpm2.TPMHandle // persistent handle, or noPersistentEK
+	nv       tpm2.TPMHandle // certificate index
+	template *tpm2.TPMTPublic
+}
+
+// ekSources: the RSA EK when one is provisioned (persistent, or its
+// certificate is in NV and the key can be re-created from the TCG
+// template), else the ECC EK likewise. Many TPMs ship certificates in NV
+// without persistent EKs.
+var ekSources = []ekSource{
+	{"rsa", rsaEKHandle, rsaEKCertNV, nil},
+	{"rsa", noPersistentEK, rsaEKCertNV, &tpm2.RSAEKTemplate},
+	{"ecc", eccEKHandle, eccEKCertNV, nil},
+	{"ecc", eccHiEKHandle, eccHiEKCertNV, nil},
+	{"ecc", noPersistentEK, eccEKCertNV, &tpm2.ECCEKTemplate},
+}
+
+// readEK finds the EK in use. A re-created EK stays loaded: the caller
+// must call release.
 func readEK(t transport.TPM) (*EK, error) {
-	for _, c := range []struct {
-		handle, nv tpm2.TPMHandle
-		typ        string
-	}{{rsaEKHandle, rsaEKCertNV, "rsa"}, {eccEKHandle, eccEKCertNV, "ecc"}} {
-		rp, err := tpm2.ReadPublic{ObjectHandle: c.handle}.Execute(t)
+	for _, src := range ekSources {
+		ek, err := loadEK(t, src)
+		if err != nil {
+			return nil, err
+		}
+		if ek != nil {
+			return ek, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no persistent EK (0x81010001, 0x81010002, 0x81010016) and no EK certificate in NV to re-create one from; provision the TPM (tpm2_createek)", ErrNoEK)
+}
+
+// loadEK tries one source: nil, nil when it has no EK.
+func loadEK(t transport.TPM, src ekSource) (*EK, error) {
+	var (
+		ek   = &EK{Type: src.typ}
+		area *tpm2.TPMTPublic
+		err  error
+	)
+	if src.template == nil {
+		rp, err := tpm2.ReadPublic{ObjectHandle: src.handle}.Execute(t)
 		if isTPMError(err) {
-			continue // the TPM says: no such object (not provisioned)
+			return nil, nil // the TPM says: no such object
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read EK: %w", err)
 		}
-		area, err := rp.OutPublic.Contents()
-		if err != nil {
+		if area, err = rp.OutPublic.Contents(); err != nil {
 			return nil, fmt.Errorf("%w: EK public area: %v", ErrNoEK, err)
 		}
-		pub, err := tpm2.Pub(*area)
-		if err != nil {
-			return nil, fmt.Errorf("%w: EK public key: %v", ErrNoEK, err)
-		}
-		ek := &EK{Public: pub, Area: tpm2.Marshal(area), Type: c.typ, handle: c.handle, name: rp.Name}
-		der, err := readNV(t, c.nv)
-		if err == nil {
-			cert, perr := x509.ParseCertificate(der)
-			if perr != nil {
-				return nil, fmt.Errorf("EK certificate in NV %#x: %w", uint32(c.nv), perr)
-			}
-			ek.Cert = cert
-		}
-		return ek, nil
+		ek.Persistent, ek.handle, ek.name = true, src.handle, rp.Name
 	}
-	return nil, fmt.Errorf("%w: none at 0x81010001 (RSA) or 0x81010016 (ECC); provision the TPM (tpm2_createek -c 0x81010001)", ErrNoEK)
+	der, nverr := readNV(t, src.nv)
+	if nverr != nil && !isTPMError(nverr) {
+		return nil, fmt.Errorf("read EK certificate: %w", nverr)
+	}
+	if nverr == nil {
+		if ek.Cert, err = x509.ParseCertificate(der); err != nil {
+			return nil, fmt.Errorf("EK certificate in NV %#x: %w", uint32(src.nv), err)
+		}
+	}
+	if src.template != nil {
+		if ek.Cert == nil {
+			return nil, nil // nothing says which EK this TPM's vendor certified
+		}
+		rsp, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHEndorsement, InPublic: tpm2.New2B(*src.template)}.Execute(t)
+		if err != nil {
+			return nil, fmt.Errorf("re-create the %s EK: %w", src.typ, err)
+		}
+		ek.handle, ek.name = rsp.ObjectHandle, rsp.Name
+		if area, err = rsp.OutPublic.Contents(); err != nil {
+			ek.release(t)
+			return nil, fmt.Errorf("%w: EK public area: %v", ErrNoEK, err)
+		}
+	}
+	if ek.Public, err = tpm2.Pub(*area); err != nil {
+		ek.release(t)
+		return nil, fmt.Errorf("%w: EK public key: %v", ErrNoEK, err)
+	}
+	if src.template != nil && !samePublic(ek.Public, ek.Cert.PublicKey) {
+		// The certificate is for another template (a high-range EK, say):
+		// the re-created key is not the certified one.
+		ek.release(t)
+		return nil, nil
+	}
+	ek.Area = tpm2.Marshal(area)
+	return ek, nil
 }
 
 // isTPMError reports whether err is an error code from the TPM (as opposed

@@ -23,3 +23,19 @@ func EvictForTest(ctx context.Context, tp *TPM, handle uint32) error {
 		return err
 	})
 }
+
+// UndefineNVForTest deletes an NV index with platform authorization (tests
+// only: to run a TPM without an EK certificate).
+func UndefineNVForTest(ctx context.Context, tp *TPM, index uint32) error {
+	return tp.do(ctx, func(t transport.TPM) error {
+		rp, err := tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(index)}.Execute(t)
+		if err != nil {
+			return err
+		}
+		_, err = tpm2.NVUndefineSpace{
+			AuthHandle: tpm2.TPMRHPlatform,
+			NVIndex:    tpm2.NamedHandle{Handle: tpm2.TPMHandle(index), Name: rp.NVName},
+		}.Execute(t)
+		return err
+	})
+}

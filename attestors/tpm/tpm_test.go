@@ -254,15 +254,16 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-// TestECCEKWhenNoRSAEK: with the RSA EK evicted, the ECC EK is the one in
-// use (its hash, its certificate); activation says it is unsupported
-// rather than failing obscurely.
-func TestECCEKWhenNoRSAEK(t *testing.T) {
+// TestEKRecreatedFromCertificate: a TPM that keeps its RSA EK certificate
+// in NV but no persistent EK (as many ship) gets the EK re-created from the
+// TCG template: the same key as the certified one, and activation works.
+// Without the RSA certificate either, the ECC EK is the one in use.
+func TestEKRecreatedFromCertificate(t *testing.T) {
 	t.Parallel()
 	sim, tp := swtpm.Start(t)
-	rsaEK, err := tp.EK(ctx)
-	if err != nil || rsaEK.Type != "rsa" {
-		t.Fatalf("first EK: %v %v", rsaEK, err)
+	persisted, err := tp.EK(ctx)
+	if err != nil || persisted.Type != "rsa" || !persisted.Persistent {
+		t.Fatalf("first EK: %+v %v", persisted, err)
 	}
 	if err := tpm.EvictForTest(ctx, tp, 0x81010001); err != nil {
 		t.Fatal(err)
@@ -271,27 +272,53 @@ func TestECCEKWhenNoRSAEK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ek.Type != "ecc" || ek.Cert == nil || ek.Hash() == rsaEK.Hash() {
-		t.Fatalf("EK after evicting the RSA EK: type %s, cert %v", ek.Type, ek.Cert != nil)
+	if ek.Type != "rsa" || ek.Persistent || ek.Hash() != persisted.Hash() || ek.Cert == nil {
+		t.Fatalf("re-created EK: type %s persistent %v same key %v", ek.Type, ek.Persistent, ek.Hash() == persisted.Hash())
 	}
 	roots, inter := sim.Roots(t)
-	if _, err := tpm.VerifyEKCert(ek.Cert, inter, roots); err != nil {
-		t.Fatalf("ECC EK chain: %v", err)
-	}
 	n := nonce(t)
 	ev, err := tp.Attest(ctx, n, []int{7})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res, err := tpm.Verify(ev, n, roots, inter); err != nil || res.EKHash != ek.Hash() {
-		t.Fatalf("verify with the ECC EK: %v", err)
+	if res, err := tpm.Verify(ev, n, roots, inter); err != nil || res.EKHash != persisted.Hash() {
+		t.Fatalf("verify with the re-created EK: %v", err)
 	}
-	ch, _, err := tpm.NewChallenge(ev)
+	ch, secret, err := tpm.NewChallenge(ev)
 	if err != nil {
 		t.Fatal(err)
 	}
+	answer, err := tp.ActivateCredential(ctx, ch)
+	if err != nil || tpm.CheckActivation(secret, answer) != nil {
+		t.Fatalf("activation with the re-created EK: %v", err)
+	}
+
+	// No RSA EK at all: the ECC EK (here swtpm's persistent high-range one).
+	if err := tpm.UndefineNVForTest(ctx, tp, 0x01c00002); err != nil {
+		t.Fatal(err)
+	}
+	ecc, err := tp.EK(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ecc.Type != "ecc" || ecc.Cert == nil || ecc.Hash() == persisted.Hash() {
+		t.Fatalf("EK without any RSA EK: type %s, cert %v", ecc.Type, ecc.Cert != nil)
+	}
+	if _, err := tpm.VerifyEKCert(ecc.Cert, inter, roots); err != nil {
+		t.Fatalf("ECC EK chain: %v", err)
+	}
+	ev, err = tp.Attest(ctx, n, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := tpm.Verify(ev, n, roots, inter); err != nil || res.EKHash != ecc.Hash() {
+		t.Fatalf("verify with the ECC EK: %v", err)
+	}
+	if ch, _, err = tpm.NewChallenge(ev); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := tp.ActivateCredential(ctx, ch); !errors.Is(err, tpm.ErrUnsupported) {
-		t.Fatalf("activation with the ECC EK: %v, want ErrUnsupported", err)
+		t.Fatalf("activation with the high-range ECC EK: %v, want ErrUnsupported", err)
 	}
 }
 
