@@ -45,6 +45,7 @@ type EK struct {
 	Persistent bool
 	handle     tpm2.TPMHandle // loaded while an operation uses it
 	name       tpm2.TPM2BName
+	area       *tpm2.TPMTPublic
 }
 
 // release flushes a re-created (transient) EK.
@@ -170,7 +171,7 @@ func loadEK(t transport.TPM, src ekSource) (*EK, error) {
 		ek.release(t)
 		return nil, nil
 	}
-	ek.Area = tpm2.Marshal(area)
+	ek.Area, ek.area = tpm2.Marshal(area), area
 	return ek, nil
 }
 

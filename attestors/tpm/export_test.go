@@ -39,3 +39,11 @@ func UndefineNVForTest(ctx context.Context, tp *TPM, index uint32) error {
 		return err
 	})
 }
+
+
+// ActivateWithPolicyForTest answers a challenge authorizing the EK with its
+// TCG policy session even when its auth value would do (tests only: swtpm's
+// high-range EK has userWithAuth set).
+func ActivateWithPolicyForTest(ctx context.Context, tp *TPM, ch *Challenge) ([]byte, error) {
+	return tp.activate(ctx, ch, true)
+}

@@ -314,11 +314,22 @@ func TestEKRecreatedFromCertificate(t *testing.T) {
 	if res, err := tpm.Verify(ev, n, roots, inter); err != nil || res.EKHash != ecc.Hash() {
 		t.Fatalf("verify with the ECC EK: %v", err)
 	}
-	if ch, _, err = tpm.NewChallenge(ev); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tp.ActivateCredential(ctx, ch); !errors.Is(err, tpm.ErrUnsupported) {
-		t.Fatalf("activation with the high-range ECC EK: %v, want ErrUnsupported", err)
+	// Activation with the high-range P-384 EK: with its auth value
+	// (userWithAuth), and with the TCG policy (SHA-384 PolicySecret, then
+	// PolicyOR of policies A and C), which only verifies if the digests are
+	// the EK's.
+	for name, activate := range map[string]func(context.Context, *tpm.Challenge) ([]byte, error){
+		"auth value": tp.ActivateCredential,
+		"EK policy":  func(ctx context.Context, ch *tpm.Challenge) ([]byte, error) { return tpm.ActivateWithPolicyForTest(ctx, tp, ch) },
+	} {
+		ch, secret, err := tpm.NewChallenge(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		answer, err := activate(ctx, ch)
+		if err != nil || tpm.CheckActivation(secret, answer) != nil {
+			t.Fatalf("activation with the high-range ECC EK (%s): %v", name, err)
+		}
 	}
 }
 
