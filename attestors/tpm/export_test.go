@@ -40,7 +40,6 @@ func UndefineNVForTest(ctx context.Context, tp *TPM, index uint32) error {
 	})
 }
 
-
 // ActivateWithPolicyForTest answers a challenge authorizing the EK with its
 // TCG policy session even when its auth value would do (tests only: swtpm's
 // high-range EK has userWithAuth set).

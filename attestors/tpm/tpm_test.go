@@ -320,7 +320,9 @@ func TestEKRecreatedFromCertificate(t *testing.T) {
 	// the EK's.
 	for name, activate := range map[string]func(context.Context, *tpm.Challenge) ([]byte, error){
 		"auth value": tp.ActivateCredential,
-		"EK policy":  func(ctx context.Context, ch *tpm.Challenge) ([]byte, error) { return tpm.ActivateWithPolicyForTest(ctx, tp, ch) },
+		"EK policy": func(ctx context.Context, ch *tpm.Challenge) ([]byte, error) {
+			return tpm.ActivateWithPolicyForTest(ctx, tp, ch)
+		},
 	} {
 		ch, secret, err := tpm.NewChallenge(ev)
 		if err != nil {

@@ -243,19 +243,8 @@ upstreams:
 	}
 	// The API answers on the activated socket (a request without the
 	// Nodeward-Request header is refused with 400, as always).
-	c, err := net.Dial("unix", activated)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("GET /v1/token?upstream=corp HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	k, _ := c.Read(buf)
-	if !strings.HasPrefix(string(buf[:k]), "HTTP/1.1 400") {
-		t.Fatalf("broker on the activated socket answered %q", buf[:k])
+	if got := brokerStatusLine(t, activated); !strings.HasPrefix(got, "HTTP/1.1 400") {
+		t.Fatalf("broker on the activated socket answered %q", got)
 	}
 	if _, err := os.Stat(configured); err == nil {
 		t.Fatal("the broker created its configured socket although systemd passed one")
@@ -303,19 +292,8 @@ broker:
 	if out, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", filepath.Join(dir, "activated-workload.sock")); code != 0 || !strings.Contains(out, "node-broker") {
 		t.Fatalf("workload socket: %d %s %s", code, out, errOut)
 	}
-	c, err := net.Dial("unix", filepath.Join(dir, "activated-broker.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("GET /v1/token?upstream=corp HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	k, _ := c.Read(buf)
-	if !strings.HasPrefix(string(buf[:k]), "HTTP/1.1 400") {
-		t.Fatalf("broker on its activated socket answered %q", buf[:k])
+	if got := brokerStatusLine(t, filepath.Join(dir, "activated-broker.sock")); !strings.HasPrefix(got, "HTTP/1.1 400") {
+		t.Fatalf("broker on its activated socket answered %q", got)
 	}
 	for _, p := range []string{configured, filepath.Join(dir, "configured-broker.sock")} {
 		if _, err := os.Stat(p); err == nil {
@@ -329,4 +307,23 @@ broker:
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("agent exit: %v", err)
 	}
+}
+
+// brokerStatusLine sends a token request without the Nodeward-Request
+// header over the Unix socket and returns the start of the answer (a
+// serving broker refuses it with 400).
+func brokerStatusLine(t *testing.T, sock string) string {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /v1/token?upstream=corp HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	k, _ := c.Read(buf)
+	return string(buf[:k])
 }
