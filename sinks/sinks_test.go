@@ -12,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 func intp(v int) *int { return &v }
@@ -145,5 +148,20 @@ func TestSignalThroughPIDFile(t *testing.T) {
 	}
 	if err := signalPIDFile(pidFile, syscall.SIGHUP); err == nil || errors.Is(err, errNotRunning) {
 		t.Fatalf("garbage pid file: %v", err)
+	}
+}
+
+func TestPickByHint(t *testing.T) {
+	web := &x509svid.SVID{ID: spiffeid.RequireFromString("spiffe://example.org/web"), Hint: "web"}
+	db := &x509svid.SVID{ID: spiffeid.RequireFromString("spiffe://example.org/db"), Hint: "db"}
+	svids := []*x509svid.SVID{web, db}
+	if got := newSink(t, SVIDFiles{X509Bundle: "/b"}).pick(svids); got != web {
+		t.Fatalf("no hint: got %v, want the first (default) SVID", got)
+	}
+	if got := newSink(t, SVIDFiles{X509Bundle: "/b", Hint: "db"}).pick(svids); got != db {
+		t.Fatalf("hint db: got %v", got)
+	}
+	if got := newSink(t, SVIDFiles{X509Bundle: "/b", Hint: "cache"}).pick(svids); got != nil {
+		t.Fatalf("unknown hint: got %v, want none (never another workload's files)", got)
 	}
 }
