@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -27,6 +28,8 @@ var _ workloadapi.Backend = backend{}
 // Attest runs the attestors for the peer, then re-checks that the process
 // pinned by the pidfd at accept time is still alive: if it exited, its PID
 // may have been reused while /proc was read, so nothing read can be trusted.
+// It also refuses a peer that is no longer what connected: another binary
+// (it has exec'd since), or other effective ids or groups.
 func (b backend) Attest(ctx context.Context, p *peercred.Info) (sels []selector.Selector, err error) {
 	if m := b.a.metrics; m != nil {
 		start := time.Now()
@@ -44,10 +47,19 @@ func (b backend) Attest(ctx context.Context, p *peercred.Info) (sels []selector.
 	if err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
+	// Exec'd since accept, or while /proc was read: the selectors may
+	// describe the new binary. Checked before CheckAlive, which proves the
+	// PID still names the pinned process (so /proc/PID/exe was that
+	// process's). One check, after attestation, costs one stat (~3 µs); a
+	// process that exec'd another binary and then exec'd its original one
+	// again while /proc was read is not caught (see docs/architecture.md).
+	if err := p.CheckExec(); err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
 	if err := p.CheckAlive(); err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
-	if err := checkPeerUID(sels, p.UID); err != nil {
+	if err := checkPeerIDs(sels, p); err != nil {
 		return nil, fmt.Errorf("attest pid %d: %w", p.PID, err)
 	}
 	return sels, nil
@@ -57,19 +69,60 @@ func (b backend) Attest(ctx context.Context, p *peercred.Info) (sels []selector.
 // under the effective uid it connected with.
 var ErrUIDChanged = errors.New("effective uid changed since connect")
 
-// checkPeerUID refuses a peer whose attested unix:uid differs from the uid
-// SO_PEERCRED captured at connect. The connecting process may have handed
-// the connection to another process and then exec'd a set-user-ID binary
-// (or dropped privileges): /proc then describes someone other than who is
-// talking, so nothing read from it may become an identity.
-func checkPeerUID(sels []selector.Selector, uid uint32) error {
-	want := strconv.FormatUint(uint64(uid), 10)
+// ErrGIDChanged: the process that opened the connection no longer runs
+// under the effective gid or supplementary groups it connected with.
+var ErrGIDChanged = errors.New("effective gid or groups changed since connect")
+
+// checkPeerIDs refuses a peer whose attested unix:uid, unix:gid or
+// unix:supplementary-gid set differs from what SO_PEERCRED and
+// SO_PEERGROUPS captured at connect. The connecting process may have handed
+// the connection to another process and then exec'd a set-user-ID or
+// set-group-ID binary (or dropped privileges): /proc then describes someone
+// other than who is talking, so nothing read from it may become an
+// identity.
+func checkPeerIDs(sels []selector.Selector, p *peercred.Info) error {
+	uid := strconv.FormatUint(uint64(p.UID), 10)
+	gid := strconv.FormatUint(uint64(p.GID), 10)
+	groups := map[string]bool{}
 	for _, s := range sels {
-		if s.Type == unix.Type && s.Key == "uid" && s.Value != want {
-			return fmt.Errorf("%w: connected as uid %s, now uid %s", ErrUIDChanged, want, s.Value)
+		if s.Type != unix.Type {
+			continue
+		}
+		switch s.Key {
+		case "uid":
+			if s.Value != uid {
+				return fmt.Errorf("%w: connected as uid %s, now uid %s", ErrUIDChanged, uid, s.Value)
+			}
+		case "gid":
+			if s.Value != gid {
+				return fmt.Errorf("%w: connected as gid %s, now gid %s", ErrGIDChanged, gid, s.Value)
+			}
+		case "supplementary-gid":
+			if !p.GroupsKnown {
+				continue
+			}
+			g, err := strconv.ParseUint(s.Value, 10, 32)
+			if _, found := slices.BinarySearch(p.Groups, uint32(g)); err != nil || !found {
+				return fmt.Errorf("%w: group %s was not a supplementary group at connect", ErrGIDChanged, s.Value)
+			}
+			groups[s.Value] = true
 		}
 	}
+	if p.GroupsKnown && len(groups) != len(p.Groups) && hasUnixIDs(sels) {
+		return fmt.Errorf("%w: %d supplementary groups at connect, %d now", ErrGIDChanged, len(p.Groups), len(groups))
+	}
 	return nil
+}
+
+// hasUnixIDs reports whether the unix attestor described the peer (the
+// group comparison only means something then).
+func hasUnixIDs(sels []selector.Selector) bool {
+	for _, s := range sels {
+		if s.Type == unix.Type && s.Key == "uid" {
+			return true
+		}
+	}
+	return false
 }
 
 func (b backend) match(sels []selector.Selector) ([]*policy.Entry, error) {

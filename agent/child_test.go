@@ -189,13 +189,28 @@ func TestPeerWhoseUIDChangedAfterConnectIsDenied(t *testing.T) {
 	}
 }
 
-func TestCheckPeerUID(t *testing.T) {
-	sels := []selector.Selector{selector.New("unix", "uid", "1000"), selector.New("unix", "gid", "0")}
-	if err := checkPeerUID(sels, 1000); err != nil {
-		t.Fatalf("same uid: %v", err)
+func TestCheckPeerIDs(t *testing.T) {
+	sels := []selector.Selector{selector.New("unix", "uid", "1000"), selector.New("unix", "gid", "0"),
+		selector.New("unix", "supplementary-gid", "10"), selector.New("unix", "supplementary-gid", "20")}
+	connected := func(uid, gid uint32, groups ...uint32) *peercred.Info {
+		return &peercred.Info{UID: uid, GID: gid, Groups: groups, GroupsKnown: true}
 	}
-	if err := checkPeerUID(sels, 0); !errors.Is(err, ErrUIDChanged) {
-		t.Fatalf("uid 0 vs attested 1000: got %v, want ErrUIDChanged", err)
+	for _, tc := range []struct {
+		name string
+		p    *peercred.Info
+		want error
+	}{
+		{"same ids", connected(1000, 0, 10, 20), nil},
+		{"groups unknown", &peercred.Info{UID: 1000, GID: 0}, nil},
+		{"uid changed", connected(0, 0, 10, 20), ErrUIDChanged},
+		{"setgid exec", connected(1000, 5, 10, 20), ErrGIDChanged},
+		{"group gained", connected(1000, 0, 10), ErrGIDChanged},
+		{"group lost", connected(1000, 0, 10, 20, 30), ErrGIDChanged},
+		{"group swapped", connected(1000, 0, 10, 30), ErrGIDChanged},
+	} {
+		if err := checkPeerIDs(sels, tc.p); !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
+		}
 	}
 }
 

@@ -12,10 +12,10 @@
 //     /proc/PID of a process that exited may describe whoever reused the PID.
 //   - Selectors describe the process when /proc is read, not when it
 //     connected: a process may connect, pass the connection to a child and
-//     exec another binary, even a set-user-ID one. The caller should compare
-//     unix:uid with the uid SO_PEERCRED captured at connect and refuse a
-//     mismatch; path and sha256 do not separate processes of one uid (which
-//     may ptrace each other anyway).
+//     exec another binary, even a set-user-ID one. The caller must compare
+//     unix:uid, unix:gid and the supplementary groups with what the kernel
+//     captured at connect, and the binary with the one pinned at accept
+//     (peercred.Info.CheckExec), and refuse a mismatch.
 //   - The binary is hashed through /proc/PID/exe itself, so a file replaced
 //     or modified on disk after exec cannot impersonate the running binary.
 //     Hashes are cached by device, inode, size, mtime and ctime; ctime

@@ -18,6 +18,14 @@
 //   - Whoever reads /proc/PID for a peer must call CheckAlive afterwards: if
 //     the peer exited in between, its PID may already belong to another
 //     process and what was read must be discarded (fail closed).
+//   - What the peer was is pinned at accept: its effective uid and gid
+//     (SO_PEERCRED), its supplementary groups (SO_PEERGROUPS) and its binary
+//     (device and inode of /proc/PID/exe). A connection handed to another
+//     process whose connecting process then exec'd a different binary is
+//     caught by CheckExec; the caller compares the ids with what it
+//     attested. Not caught: an exec between connect(2) and the agent's
+//     accept (the pin then names the new binary), and a process that
+//     exec'd away and back to its original binary between two checks.
 //   - The socket's directory must be writable only by the agent's user
 //     (or root), so nobody else can replace the socket; the socket itself is
 //     open to every local user, since attestation, not file modes, decides

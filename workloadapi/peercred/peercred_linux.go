@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strconv"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,11 +26,23 @@ type Info struct {
 	PID int32
 	UID uint32
 	GID uint32
+	// Groups are the peer's supplementary groups at connect (SO_PEERGROUPS),
+	// sorted and without duplicates; GroupsKnown is false where the kernel could not say.
+	Groups      []uint32
+	GroupsKnown bool
 
 	mu     sync.Mutex
 	pidfd  int // -1 once closed
 	source string
+	// exe identifies the binary the peer ran when the connection was
+	// accepted (device and inode of /proc/PID/exe); exeKnown is false when
+	// it could not be read (an unprivileged agent and another user's peer).
+	exe      fileID
+	exeKnown bool
 }
+
+// fileID names a file independently of its path.
+type fileID struct{ dev, ino uint64 }
 
 // Get reads the peer credentials of c (SO_PEERCRED) and pins the peer with
 // a pidfd: SO_PEERPIDFD where the kernel has it (>= 6.5), pidfd_open(PID)
@@ -42,6 +57,8 @@ func Get(c *net.UnixConn) (*Info, error) {
 		cred             *unix.Ucred
 		pidfd            = -1
 		credErr, pfdErr  error
+		groups           []uint32
+		groupsErr        error
 		supportsPeerPFDs = peerPIDFDSupported()
 	)
 	err = rc.Control(func(fd uintptr) {
@@ -49,6 +66,7 @@ func Get(c *net.UnixConn) (*Info, error) {
 		if credErr != nil {
 			return
 		}
+		groups, groupsErr = peerGroups(int(fd))
 		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
 			pidfd = v
 		} else {
@@ -85,7 +103,72 @@ func Get(c *net.UnixConn) (*Info, error) {
 		source = SourcePidfdOpen
 	}
 	// Both SO_PEERPIDFD and pidfd_open return close-on-exec descriptors.
-	return &Info{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, pidfd: pidfd, source: source}, nil
+	info := &Info{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, Groups: groups, GroupsKnown: groupsErr == nil,
+		pidfd: pidfd, source: source}
+	// Pin the binary now, as close to connect as the agent can: a later
+	// RPC from a process that has exec'd since is refused (CheckExec).
+	info.exe, info.exeKnown = exeID(info.PID)
+	if err := info.CheckAlive(); err != nil {
+		// The PID may have been reused while /proc/PID/exe was read.
+		_ = info.Close() // the error that matters is err
+		return nil, err
+	}
+	return info, nil
+}
+
+// exeID stats /proc/PID/exe (the binary itself, whatever its path).
+func exeID(pid int32) (fileID, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(int(pid))+"/exe", &st); err != nil {
+		return fileID{}, false
+	}
+	return fileID{dev: st.Dev, ino: st.Ino}, true
+}
+
+// maxGroups bounds SO_PEERGROUPS (NGROUPS_MAX is 65536).
+const maxGroups = 65536
+
+// peerGroups reads the supplementary groups the peer had at connect.
+func peerGroups(fd int) ([]uint32, error) {
+	n := 32
+	for {
+		buf := make([]uint32, n)
+		size := uint32(4 * n)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+		switch {
+		case errno == 0:
+			g := buf[:size/4]
+			slices.Sort(g)
+			return slices.Clip(slices.Compact(g)), nil
+		case errno == unix.ERANGE && int(size/4) > n && int(size/4) <= maxGroups:
+			n = int(size / 4)
+		default:
+			return nil, fmt.Errorf("SO_PEERGROUPS: %w", errno)
+		}
+	}
+}
+
+// CheckExec returns an error wrapping ErrExecChanged when the process now
+// runs another binary than when its connection was accepted: it has exec'd,
+// and may be a target binary run by a process that handed the connection
+// to someone else. An Info whose binary could not be read at accept is
+// refused once it can be read (fail closed).
+func (i *Info) CheckExec() error {
+	now, ok := exeID(i.PID)
+	switch {
+	case !ok && !i.exeKnown:
+		return nil
+	case !ok:
+		// An exited process has no binary any more: say so precisely.
+		if err := i.CheckAlive(); err != nil {
+			return err
+		}
+		return fmt.Errorf("pid %d: %w (its binary can no longer be read)", i.PID, ErrExecChanged)
+	case !i.exeKnown || now != i.exe:
+		return fmt.Errorf("pid %d: %w", i.PID, ErrExecChanged)
+	}
+	return nil
 }
 
 // classifyPeerPIDFD interprets the result of getsockopt(SO_PEERPIDFD):

@@ -18,9 +18,11 @@ const (
 // it called connect(2) (or socketpair(2)); the process may have changed
 // its ids or exec'd another binary since. Outside Linux no Info is ever produced.
 type Info struct {
-	PID int32
-	UID uint32
-	GID uint32
+	PID         int32
+	UID         uint32
+	GID         uint32
+	Groups      []uint32
+	GroupsKnown bool
 }
 
 // Get is only implemented on Linux; elsewhere it returns ErrUnsupported.
@@ -31,6 +33,11 @@ func Get(*net.UnixConn) (*Info, error) {
 // CheckAlive always reports the process as gone outside Linux (fail closed).
 func (i *Info) CheckAlive() error {
 	return fmt.Errorf("pid %d: %w (%w)", i.PID, ErrProcessGone, ErrUnsupported)
+}
+
+// CheckExec always fails outside Linux (fail closed).
+func (i *Info) CheckExec() error {
+	return fmt.Errorf("pid %d: %w (%w)", i.PID, ErrExecChanged, ErrUnsupported)
 }
 
 // PIDFDSource returns "" outside Linux.

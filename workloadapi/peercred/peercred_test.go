@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,6 +29,7 @@ import (
 const (
 	childEnv  = "PEERCRED_TEST_CHILD"
 	socketEnv = "PEERCRED_TEST_SOCKET"
+	execEnv   = "PEERCRED_TEST_EXEC"
 )
 
 // TestMain doubles as the child process: with childEnv=connect it connects
@@ -40,6 +42,13 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		fmt.Println("connected")
+		if os.Getenv(execEnv) != "" {
+			// One line on stdin: exec the binary named by execEnv.
+			_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+			err = syscall.Exec(os.Getenv(execEnv), []string{"exec-target", "60"}, nil)
+			fmt.Println("exec:", err)
+			os.Exit(1)
+		}
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		_ = c.Close()
 		return
@@ -93,7 +102,7 @@ func get(t *testing.T, c *net.UnixConn) *Info {
 }
 
 // socketPair returns both ends of a connected AF_UNIX stream socket pair.
-func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
+func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -148,6 +157,23 @@ func TestGetSelf(t *testing.T) {
 			}
 			if err := info.CheckAlive(); err != nil {
 				t.Fatalf("CheckAlive on ourselves: %v", err)
+			}
+			if err := info.CheckExec(); err != nil {
+				t.Fatalf("CheckExec on ourselves: %v", err)
+			}
+			groups, err := os.Getgroups()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(groups)
+			groups = slices.Compact(groups)
+			if !info.GroupsKnown || len(info.Groups) != len(groups) {
+				t.Fatalf("Groups = %v (known %v), want %v", info.Groups, info.GroupsKnown, groups)
+			}
+			for i, g := range groups {
+				if info.Groups[i] != uint32(g) {
+					t.Fatalf("Groups = %v, want %v", info.Groups, groups)
+				}
 			}
 			if err := info.Close(); err != nil {
 				t.Fatal(err)
@@ -212,7 +238,7 @@ func child(t *testing.T, exe, sock string, cred *syscall.Credential) (*exec.Cmd,
 	t.Helper()
 	cmd := exec.Command(exe)
 	// GORACE: a race-enabled child otherwise sleeps 1s at exit.
-	cmd.Env = []string{childEnv + "=connect", socketEnv + "=" + sock, "GORACE=atexit_sleep_ms=0"}
+	cmd.Env = []string{childEnv + "=connect", socketEnv + "=" + sock, "GORACE=atexit_sleep_ms=0", execEnv + "=" + os.Getenv(execEnv)}
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
@@ -279,6 +305,44 @@ func procState(t *testing.T, pid int) string {
 	}
 	i := strings.LastIndexByte(string(b), ')')
 	return strings.Fields(string(b[i+1:]))[0]
+}
+
+// A peer that execs another binary after connecting is no longer what the
+// agent pinned at accept: CheckExec says so, even though it is alive and its
+// ids are unchanged.
+func TestCheckExecAfterPeerExecs(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary to exec")
+	}
+	t.Setenv(execEnv, sleep)
+	l := listen(t)
+	cmd, stdin := child(t, self(t), l.Addr().String(), nil)
+	info := get(t, accept(t, l))
+	if err := info.CheckExec(); err != nil {
+		t.Fatalf("before exec: %v", err)
+	}
+	if _, err := io.WriteString(stdin, "exec\n"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
+		if strings.TrimSpace(string(b)) == filepath.Base(sleep) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child never exec'd (comm %q)", b)
+		}
+		time.Sleep(5 * time.Millisecond) // polling /proc with a deadline
+	}
+	if err := info.CheckAlive(); err != nil {
+		t.Fatalf("exec'd child is alive: %v", err)
+	}
+	if err := info.CheckExec(); !errors.Is(err, ErrExecChanged) {
+		t.Fatalf("CheckExec after exec = %v, want ErrExecChanged", err)
+	}
+	_ = cmd.Process.Kill()
 }
 
 func TestCheckAliveAfterChildExits(t *testing.T) {
@@ -440,5 +504,21 @@ func TestGRPCTransportCredentials(t *testing.T) {
 	stop()
 	if err := info.CheckAlive(); !errors.Is(err, ErrProcessGone) {
 		t.Fatalf("CheckAlive after the connection closed = %v, want ErrProcessGone (pidfd closed)", err)
+	}
+}
+
+// BenchmarkCheckExec is the per-RPC cost of the exec pin (the agent calls
+// it twice per attestation).
+func BenchmarkCheckExec(b *testing.B) {
+	c, _ := socketPair(b)
+	info, err := Get(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer info.Close()
+	for b.Loop() {
+		if err := info.CheckExec(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
