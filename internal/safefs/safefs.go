@@ -78,8 +78,16 @@ func walk(p string, links *int, final bool) error {
 			return fmt.Errorf("%s: %w", next, err)
 		}
 		if lst.Mode().Type() == fs.ModeSymlink {
-			// The link lives in cur, already checked: nobody else can
-			// replace it. Follow it and check where it leads.
+			// The link lives in cur, already checked; in a sticky
+			// directory its owner could still replace it, so it must be
+			// ours or root's. Follow it and check where it leads.
+			st, err := statOf(lst)
+			if err != nil {
+				return err
+			}
+			if !trustedOwner(st.Uid) {
+				return fmt.Errorf("%s is a symlink owned by uid %d (want root or uid %d): %w", next, st.Uid, os.Geteuid(), ErrUnsafe)
+			}
 			if *links++; *links > maxLinks {
 				return fmt.Errorf("%s: too many symlinks: %w", p, ErrUnsafe)
 			}

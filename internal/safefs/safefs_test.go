@@ -139,3 +139,31 @@ func TestOpenFileFIFODoesNotBlock(t *testing.T) {
 		t.Fatalf("OpenFile(fifo) = %v, want ErrUnsafe (not a regular file)", err)
 	}
 }
+
+func TestCheckDirRefusesOthersSymlinkInStickyDir(t *testing.T) {
+	needRoot(t)
+	sticky := filepath.Join(t.TempDir(), "sticky")
+	real := filepath.Join(t.TempDir(), "real")
+	for _, d := range []string{sticky, real} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(sticky, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(sticky, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDir(link); err != nil {
+		t.Fatalf("our own link in a sticky dir: %v", err)
+	}
+	// Another user's link in a sticky dir: that user may replace it later.
+	if err := os.Lchown(link, other, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDir(link); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("CheckDir via uid %d's symlink = %v, want ErrUnsafe", other, err)
+	}
+}
