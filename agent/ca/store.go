@@ -48,11 +48,12 @@ const (
 // (writePair) and one is never re-created while the other exists.
 type keyPair struct {
 	key, other string
+	what       string // what the key is, for messages
 }
 
 var (
-	rootPair = keyPair{key: RootKeyFile, other: RootCertFile}
-	jwtPair  = keyPair{key: JWTKeyFile, other: JWTPublicKeyFile}
+	rootPair = keyPair{key: RootKeyFile, other: RootCertFile, what: "CA"}
+	jwtPair  = keyPair{key: JWTKeyFile, other: JWTPublicKeyFile, what: "JWT signing key"}
 )
 
 // dataFiles are the names whose leftover temporary files are removed at
@@ -266,7 +267,7 @@ func newKey(path string) (*ecdsa.PrivateKey, []byte, error) {
 // missingHalf is the error for a key pair of which only other exists.
 func missingHalf(dir string, p keyPair, lost string) error {
 	return fmt.Errorf("%s: %w: %s is missing but %s exists, so credentials were issued with the lost key; refusing to create a new one: restore %s from a backup, or remove %s too to create a new %s (%s)",
-		dir, ErrCorruptFile, p.key, p.other, p.key, p.other, map[string]string{RootKeyFile: "CA", JWTKeyFile: "JWT signing key"}[p.key], lost)
+		dir, ErrCorruptFile, p.key, p.other, p.key, p.other, p.what, lost)
 }
 
 // loadOrCreateRootPair loads or creates the software root key and its
