@@ -9,11 +9,14 @@ var (
 	// ErrInvalidConfig: Config lacks a trust domain or data directory, or
 	// has a negative RootTTL.
 	ErrInvalidConfig = errors.New("invalid CA config")
-	// ErrUnsafeFile: the data directory is writable by group or others, or
-	// a key file is readable or writable by anyone but its owner.
+	// ErrUnsafeFile: the data directory or a directory above it is owned
+	// by another user or writable by group or others, or a key or
+	// certificate file is a symlink, owned by another user, or open to
+	// others (a key: readable or writable by anyone but its owner).
 	ErrUnsafeFile = errors.New("file permissions too open")
 	// ErrCorruptFile: a key or certificate file cannot be parsed, holds the
-	// wrong kind of key, or does not belong with the other files.
+	// wrong kind of key, or does not belong with the other files, or a key
+	// is missing beside the other half of its pair.
 	ErrCorruptFile = errors.New("corrupt CA file")
 	// ErrTrustDomainMismatch: the stored root belongs to another trust
 	// domain than the configured one.

@@ -14,8 +14,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
+	"github.com/nodeward/nodeward/internal/safefs"
 	"github.com/nodeward/nodeward/workloadapi/atomicfile"
 )
 
@@ -27,6 +29,13 @@ const (
 	// (Config.RootSigner), so switching key kinds never mixes roots.
 	TPMRootCertFile = "ca_cert_tpm.pem"
 	JWTKeyFile      = "jwt_key.pem" // PKCS#8 PEM, ECDSA P-256, mode 0600
+	// JWTPublicKeyFile is the public half of JWTKeyFile (PKIX PEM, mode
+	// 0644). Besides publishing the key, it records that a JWT key was
+	// issued: a jwt_key.pem missing beside it is refused, never replaced.
+	JWTPublicKeyFile = "jwt_pub.pem"
+	// pendingSuffix names the halves of a key pair being written (see
+	// writePair).
+	pendingSuffix = ".new"
 )
 
 const (
@@ -34,11 +43,39 @@ const (
 	maxFileSize    = 64 << 10 // a PEM key or certificate is a few hundred bytes
 )
 
+// keyPair names the two files of a key pair in the data directory: the
+// private key and its certificate or public key. Both are written together
+// (writePair) and one is never re-created while the other exists.
+type keyPair struct {
+	key, other string
+	what       string // what the key is, for messages
+}
+
+var (
+	rootPair = keyPair{key: RootKeyFile, other: RootCertFile, what: "CA"}
+	jwtPair  = keyPair{key: JWTKeyFile, other: JWTPublicKeyFile, what: "JWT signing key"}
+)
+
+// dataFiles are the names whose leftover temporary files are removed at
+// start.
+var dataFiles = []string{
+	RootKeyFile, RootCertFile, TPMRootCertFile, JWTKeyFile, JWTPublicKeyFile,
+	RootKeyFile + pendingSuffix, RootCertFile + pendingSuffix,
+	JWTKeyFile + pendingSuffix, JWTPublicKeyFile + pendingSuffix,
+}
+
 // LoadOrCreate loads the CA from cfg.Dir, creating the directory, keys and
 // root certificate when they do not exist yet. The same root and JWT key
 // are reused across restarts; a root past 80% of its lifetime is replaced
 // by a new one for the same key (so SVIDs issued under the old one still
 // verify).
+//
+// The data directory and every directory above it must be owned by root or
+// the effective uid and not be writable by group or others; key and
+// certificate files must be regular files (not symlinks) with the same
+// owners. A key is only ever created together with its certificate or
+// public key (both or neither reach the disk); a key whose other half
+// exists is never re-created: the error says how to restore or reset.
 func LoadOrCreate(cfg Config) (*CA, error) {
 	if cfg.TrustDomain.IsZero() {
 		return nil, fmt.Errorf("ca: %w: trust domain is required", ErrInvalidConfig)
@@ -61,22 +98,35 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 	if err := ensureDir(cfg.Dir); err != nil {
 		return nil, err
 	}
+	unlock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	removed, err := atomicfile.CleanTemps(cfg.Dir, dataFiles...)
+	for _, p := range removed {
+		cfg.Logger.Warn("removed a temporary file left by an interrupted write", "file", p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
 	var rootKey crypto.Signer = cfg.RootSigner
-	rootFile := TPMRootCertFile
+	var root *x509.Certificate
 	if rootKey == nil {
-		k, err := loadOrCreateKey(filepath.Join(cfg.Dir, RootKeyFile), cfg.Logger)
+		k, r, err := loadOrCreateRootPair(cfg)
 		if err != nil {
 			return nil, err
 		}
-		rootKey, rootFile = k, RootCertFile
+		rootKey, root = k, r
 	}
-	jwtKey, err := loadOrCreateKey(filepath.Join(cfg.Dir, JWTKeyFile), cfg.Logger)
+	jwtKey, err := loadOrCreateJWTKey(cfg.Dir, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	root, err := loadOrCreateRoot(cfg, rootKey, rootFile)
-	if err != nil {
-		return nil, err
+	if root == nil {
+		if root, err = loadOrCreateRoot(cfg, rootKey, TPMRootCertFile); err != nil {
+			return nil, err
+		}
 	}
 	c := &CA{
 		td:        cfg.TrustDomain,
@@ -102,43 +152,73 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 	return c, nil
 }
 
-// ensureDir creates dir 0700, or checks that an existing one is a directory
-// that group and others cannot write to.
+// ensureDir creates dir 0700, or checks an existing one; either way the
+// directory and all above it must pass safefs.CheckDir (owned by root or
+// us, not writable by group or others; sticky directories above allowed).
 func ensureDir(dir string) error {
-	st, err := os.Stat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("data dir %s: %w", dir, err)
-		}
-		return nil
-	}
+	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("data dir %s: %w", dir, err)
 	}
-	if !st.IsDir() {
+	st, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return fmt.Errorf("data dir %s: %w", dir, err)
+		}
+	case err != nil:
+		return fmt.Errorf("data dir %s: %w", dir, err)
+	case !st.IsDir():
 		return fmt.Errorf("data dir %s: %w: not a directory", dir, ErrInvalidConfig)
 	}
-	if perm := st.Mode().Perm(); perm&0o022 != 0 {
-		return fmt.Errorf("data dir %s: %w: mode %#o is group or other writable (chmod 0700 it)", dir, ErrUnsafeFile, perm)
+	if err := safefs.CheckDir(abs); err != nil {
+		if errors.Is(err, safefs.ErrUnsafe) {
+			return fmt.Errorf("data dir %s: %w: %w (it and every directory above it must be owned by root or uid %d and not writable by group or others: chown/chmod 0700 it)",
+				dir, ErrUnsafeFile, err, os.Geteuid())
+		}
+		return fmt.Errorf("data dir %s: %w", dir, err)
 	}
 	return nil
 }
 
-// readFile reads a regular file of at most maxFileSize bytes. With private
-// set, a file anyone but its owner may access is refused. The mode is
-// checked on the open file, so it is the one that is read.
-func readFile(path string, private bool) ([]byte, error) {
-	f, err := os.Open(path)
+// lockDir takes an exclusive flock on dir for the time LoadOrCreate writes
+// to it, so two agents started at once on one data dir neither remove each
+// other's temporary files nor both create keys.
+func lockDir(dir string) (func(), error) {
+	d, err := os.Open(dir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = d.Close() // the lock error is the one to report
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data dir %s: another process is loading or creating the CA in it at this moment", dir)
+		}
+		return nil, fmt.Errorf("data dir %s: lock: %w", dir, err)
+	}
+	return func() { _ = d.Close() }, nil // closing releases the lock
+}
+
+// readFile reads a regular file of at most maxFileSize bytes, refusing a
+// symlink, a file owned by anyone but root or the effective uid, or one
+// group or others may write (with private set: access at all). It never
+// blocks on a FIFO. The checks are made on the open file, so they hold for
+// what is read.
+func readFile(path string, private bool) ([]byte, error) {
+	f, err := safefs.OpenFile(path, private)
+	if err != nil {
+		if !errors.Is(err, safefs.ErrUnsafe) {
+			return nil, err
+		}
+		if fi, lerr := os.Lstat(path); lerr == nil && !fi.Mode().IsRegular() && fi.Mode().Type() != fs.ModeSymlink {
+			return nil, fmt.Errorf("%s: %w: not a regular file", path, ErrCorruptFile)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUnsafeFile, err)
 	}
 	defer func() { _ = f.Close() }() // read-only: nothing to lose on close
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %w: not a regular file", path, ErrCorruptFile)
 	}
 	if perm := st.Mode().Perm(); private && perm&^0o600 != 0 {
 		return nil, fmt.Errorf("%s: %w: mode %#o, want 0600", path, ErrUnsafeFile, perm)
@@ -153,16 +233,9 @@ func readFile(path string, private bool) ([]byte, error) {
 	return data, nil
 }
 
-// loadOrCreateKey loads the P-256 key at path or creates it.
-func loadOrCreateKey(path string, log *slog.Logger) (*ecdsa.PrivateKey, error) {
-	data, err := readFile(path, true)
-	if errors.Is(err, fs.ErrNotExist) {
-		return createKey(path, log)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("key: %w", err)
-	}
-	// Errors below name the file only, never its content.
+// parseKey parses a PKCS#8 P-256 private key. Errors name the file only,
+// never its content.
+func parseKey(path string, data []byte) (*ecdsa.PrivateKey, error) {
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "PRIVATE KEY" {
 		return nil, fmt.Errorf("key %s: %w: no PKCS#8 PEM block (\"PRIVATE KEY\")", path, ErrCorruptFile)
@@ -178,20 +251,227 @@ func loadOrCreateKey(path string, log *slog.Logger) (*ecdsa.PrivateKey, error) {
 	return ek, nil
 }
 
-func createKey(path string, log *slog.Logger) (*ecdsa.PrivateKey, error) {
+// newKey generates a P-256 key and its PKCS#8 PEM.
+func newKey(path string) (*ecdsa.PrivateKey, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("key %s: generate: %w", path, err)
+		return nil, nil, fmt.Errorf("key %s: generate: %w", path, err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("key %s: encode: %w", path, err)
+		return nil, nil, fmt.Errorf("key %s: encode: %w", path, err)
 	}
-	if err := atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	return key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// missingHalf is the error for a key pair of which only other exists.
+func missingHalf(dir string, p keyPair, lost string) error {
+	return fmt.Errorf("%s: %w: %s is missing but %s exists, so credentials were issued with the lost key; refusing to create a new one: restore %s from a backup, or remove %s too to create a new %s (%s)",
+		dir, ErrCorruptFile, p.key, p.other, p.key, p.other, p.what, lost)
+}
+
+// loadOrCreateRootPair loads or creates the software root key and its
+// certificate.
+func loadOrCreateRootPair(cfg Config) (*ecdsa.PrivateKey, *x509.Certificate, error) {
+	if err := recoverPair(cfg.Dir, rootPair, cfg.Logger); err != nil {
+		return nil, nil, err
+	}
+	keyPath := filepath.Join(cfg.Dir, RootKeyFile)
+	certPath := filepath.Join(cfg.Dir, RootCertFile)
+	data, err := readFile(keyPath, true)
+	if err == nil {
+		key, err := parseKey(keyPath, data)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := os.Lstat(certPath); errors.Is(err, fs.ErrNotExist) {
+			// Older versions wrote the key first: a crash left it alone.
+			// A root for the same key verifies every SVID it signed.
+			cfg.Logger.Warn("root certificate missing beside the CA key: creating one for the same key", "file", certPath)
+		}
+		root, err := loadOrCreateRoot(cfg, key, RootCertFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		return key, root, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("key: %w", err)
+	}
+	if _, err := os.Lstat(certPath); !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, missingHalf(cfg.Dir, rootPair, "every SVID issued so far will stop verifying")
+	}
+	key, keyPEM, err := newKey(keyPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := cfg.Clock()
+	root, err := newRoot(cfg.TrustDomain, key, now, cfg.RootTTL)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := writePair(cfg.Dir, rootPair, keyPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw})); err != nil {
+		return nil, nil, fmt.Errorf("root: %w", err)
+	}
+	cfg.Logger.Info("created key", "file", keyPath)
+	cfg.Logger.Info("created root certificate", "file", certPath, "trust_domain", cfg.TrustDomain.Name(), "not_after", root.NotAfter)
+	return key, root, nil
+}
+
+// loadOrCreateJWTKey loads or creates the JWT signing key and its public
+// key file.
+func loadOrCreateJWTKey(dir string, log *slog.Logger) (*ecdsa.PrivateKey, error) {
+	if err := recoverPair(dir, jwtPair, log); err != nil {
+		return nil, err
+	}
+	keyPath := filepath.Join(dir, JWTKeyFile)
+	pubPath := filepath.Join(dir, JWTPublicKeyFile)
+	data, err := readFile(keyPath, true)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Lstat(pubPath); !errors.Is(err, fs.ErrNotExist) {
+			return nil, missingHalf(dir, jwtPair, "every JWT-SVID issued so far will fail validation")
+		}
+		key, keyPEM, err := newKey(keyPath)
+		if err != nil {
+			return nil, err
+		}
+		pubPEM, err := publicPEM(key)
+		if err != nil {
+			return nil, err
+		}
+		if err := writePair(dir, jwtPair, keyPEM, pubPEM); err != nil {
+			return nil, fmt.Errorf("jwt key: %w", err)
+		}
+		log.Info("created key", "file", keyPath)
+		return key, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("key: %w", err)
 	}
-	log.Info("created key", "file", path)
+	key, err := parseKey(keyPath, data)
+	if err != nil {
+		return nil, err
+	}
+	pubData, err := readFile(pubPath, false)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// A data dir from a version without the public key file.
+		pubPEM, err := publicPEM(key)
+		if err != nil {
+			return nil, err
+		}
+		if err := atomicfile.Write(pubPath, pubPEM, 0o644); err != nil {
+			log.Warn("could not write the JWT public key file (a lost jwt_key.pem will not be detected)", "file", pubPath, "error", err)
+		}
+		return key, nil
+	case err != nil:
+		return nil, fmt.Errorf("jwt public key: %w", err)
+	}
+	block, _ := pem.Decode(pubData)
+	var pub any
+	if block != nil && block.Type == "PUBLIC KEY" {
+		pub, err = x509.ParsePKIXPublicKey(block.Bytes)
+	}
+	if ep, ok := pub.(*ecdsa.PublicKey); block == nil || err != nil || !ok || !ep.Equal(key.Public()) {
+		return nil, fmt.Errorf("jwt public key %s: %w: not the public key of %s: restore the %s that belongs with it, or remove both to create a new JWT signing key (every JWT-SVID issued so far will fail validation)",
+			pubPath, ErrCorruptFile, JWTKeyFile, JWTKeyFile)
+	}
 	return key, nil
+}
+
+func publicPEM(key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("jwt public key: encode: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// writePair writes a new key pair so that a failure at any point (a full
+// disk, a crash) leaves the data dir with the previous state of both files
+// or the new state of both, never one half of each:
+//  1. the key goes to KEY.new, then the other half to OTHER.new, each
+//     written atomically (temporary file, fsync, rename, directory fsync);
+//     a failure removes KEY.new and changes nothing else;
+//  2. OTHER.new existing is the commit point: from there on recoverPair
+//     completes an interrupted write at the next start;
+//  3. KEY.new is renamed to KEY, OTHER.new to OTHER, and the dir fsynced.
+func writePair(dir string, p keyPair, keyPEM, otherPEM []byte) error {
+	keyNew := filepath.Join(dir, p.key+pendingSuffix)
+	if err := atomicfile.Write(keyNew, keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, p.other+pendingSuffix), otherPEM, 0o644); err != nil {
+		if rerr := os.Remove(keyNew); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return err
+	}
+	return commitPair(dir, p, true)
+}
+
+// recoverPair finishes a writePair that passed its commit point and undoes
+// one that did not, so the pair is whole before it is read.
+func recoverPair(dir string, p keyPair, log *slog.Logger) error {
+	keyNew := filepath.Join(dir, p.key+pendingSuffix)
+	otherNew := filepath.Join(dir, p.other+pendingSuffix)
+	keyPending, err := pending(keyNew, true)
+	if err != nil {
+		return err
+	}
+	otherPending, err := pending(otherNew, false)
+	if err != nil {
+		return err
+	}
+	switch {
+	case otherPending:
+		log.Warn("completing an interrupted write of a key pair", "key", p.key, "other", p.other)
+		return commitPair(dir, p, keyPending)
+	case keyPending:
+		log.Warn("removing the half-written new key of an interrupted key pair write", "file", keyNew)
+		if err := os.Remove(keyNew); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// pending reports whether the pending file path exists, refusing one that
+// is not a regular file we or root own.
+func pending(path string, private bool) (bool, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("data dir: %w", err)
+	}
+	if err := safefs.CheckFileInfo(path, fi, private); err != nil {
+		return false, fmt.Errorf("%w: %w", ErrUnsafeFile, err)
+	}
+	return true, nil
+}
+
+// commitPair renames the pending halves over the pair (the key first, when
+// its pending file is still there) and fsyncs the directory.
+func commitPair(dir string, p keyPair, withKey bool) error {
+	if withKey {
+		if err := os.Rename(filepath.Join(dir, p.key+pendingSuffix), filepath.Join(dir, p.key)); err != nil {
+			return fmt.Errorf("commit %s: %w", p.key, err)
+		}
+	}
+	if err := os.Rename(filepath.Join(dir, p.other+pendingSuffix), filepath.Join(dir, p.other)); err != nil {
+		return fmt.Errorf("commit %s: %w", p.other, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", p.other, err)
+	}
+	defer func() { _ = d.Close() }() // read-only handle
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("commit %s: fsync %s: %w", p.other, dir, err)
+	}
+	return nil
 }
 
 // loadOrCreateRoot loads the root certificate and checks that it is a CA
@@ -201,6 +481,7 @@ func loadOrCreateRoot(cfg Config, key crypto.Signer, file string) (*x509.Certifi
 	path := filepath.Join(cfg.Dir, file)
 	now := cfg.Clock()
 	data, err := readFile(path, false)
+	var old *x509.Certificate
 	switch {
 	case err == nil:
 		root, err := parseRoot(path, data, cfg, key)
@@ -216,6 +497,7 @@ func loadOrCreateRoot(cfg Config, key crypto.Signer, file string) (*x509.Certifi
 			return root, nil
 		}
 		cfg.Logger.Warn("root certificate past 80% of its lifetime: replacing it (same key)", "file", path, "not_after", root.NotAfter)
+		old = root
 	case errors.Is(err, fs.ErrNotExist):
 	default:
 		return nil, fmt.Errorf("root: %w", err)
@@ -225,6 +507,13 @@ func loadOrCreateRoot(cfg Config, key crypto.Signer, file string) (*x509.Certifi
 		return nil, err
 	}
 	if err := atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o644); err != nil {
+		if old != nil && now.Before(old.NotAfter) {
+			// The write is atomic: the stored root is whole and still
+			// valid. Serve with it; the next start tries again.
+			cfg.Logger.Error("could not replace the aging root certificate: keeping the current one until the next start",
+				"file", path, "not_after", old.NotAfter, "error", err)
+			return old, nil
+		}
 		return nil, fmt.Errorf("root: %w", err)
 	}
 	cfg.Logger.Info("created root certificate", "file", path, "trust_domain", cfg.TrustDomain.Name(), "not_after", root.NotAfter)

@@ -46,6 +46,7 @@ func TestLoadOrCreateFiles(t *testing.T) {
 		{RootKeyFile, 0o600, "PRIVATE KEY"},
 		{JWTKeyFile, 0o600, "PRIVATE KEY"},
 		{RootCertFile, 0o644, "CERTIFICATE"},
+		{JWTPublicKeyFile, 0o644, "PUBLIC KEY"},
 	}
 	var secrets [][]byte
 	for _, f := range files {
@@ -81,8 +82,8 @@ func TestLoadOrCreateFiles(t *testing.T) {
 	}
 	// No temporary files are left behind.
 	entries, err := os.ReadDir(dir)
-	if err != nil || len(entries) != 3 {
-		t.Errorf("data dir has %d entries (%v), want 3", len(entries), err)
+	if err != nil || len(entries) != 4 {
+		t.Errorf("data dir has %d entries (%v), want 4", len(entries), err)
 	}
 }
 

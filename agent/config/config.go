@@ -15,7 +15,9 @@ package config
 import (
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -167,14 +169,30 @@ func LoadEntries(path string) ([]Entry, error) {
 	return parseEntriesFile(path, data, spiffeid.TrustDomain{}, map[string]string{})
 }
 
-// readFile reads at most MaxFileSize bytes of path. It reads rather than
-// trusting the file's size, so pipes (/dev/stdin, <(…)) work too.
+// readFile reads at most MaxFileSize bytes of the regular file at path.
+//
+// Security: only regular files are read, opened with O_NONBLOCK, so a FIFO
+// or a device (a FIFO would block start, and SIGHUP reloads, for good) is
+// refused at once. Symlinks are followed (Kubernetes ConfigMap mounts are
+// symlinks) and the owner is not checked: who may write the config is the
+// operator's choice. A file every user may write is refused, since any of
+// them could grant themselves identities through it.
 func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read-only: nothing to lose on close
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s): only regular files are read", path, fileKind(st.Mode()))
+	}
+	if perm := st.Mode().Perm(); perm&0o002 != 0 {
+		return nil, fmt.Errorf("%s: mode %v lets every user write it (and so grant themselves identities): chmod o-w it", path, perm)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, err
@@ -183,6 +201,21 @@ func readFile(path string) ([]byte, error) {
 		return nil, tooLarge(path)
 	}
 	return data, nil
+}
+
+// fileKind names the type of a file that is not a regular one.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "mode " + m.String()
 }
 
 func tooLarge(name string) error {

@@ -85,7 +85,8 @@ func (d decoder) root(data []byte) (*yaml.Node, error) {
 // Depth is bounded by yaml.v3 (10000 levels).
 func (d decoder) noAliases(n *yaml.Node) error {
 	if n.Kind == yaml.AliasNode {
-		return d.errf(n, "", "YAML aliases (*%s) are not supported: write the value out", n.Value)
+		// The alias's name is the file's content: not quoted (see yamlErr).
+		return d.errf(n, "", "YAML aliases (*name) are not supported: write the value out")
 	}
 	for _, c := range n.Content {
 		if err := d.noAliases(c); err != nil {
@@ -115,6 +116,15 @@ func (d decoder) yamlErr(data []byte, err error) error {
 		// 0-based line of their context; a problem at the end of the file
 		// is then one past the last line.
 		line = min(line+1, lastLine(data))
+	}
+	// Security: the file did not parse, so it may be anything (an
+	// entries_file pointing at /etc/shadow): no text of it may reach the
+	// message. yaml.v3's syntax messages are fixed strings but for the
+	// anchor ones, which carry the anchor's name.
+	if strings.HasPrefix(msg, "unknown anchor '") {
+		msg = "unknown anchor referenced"
+	} else if strings.HasPrefix(msg, "anchor '") {
+		msg = "anchor value contains itself"
 	}
 	return &posError{file: d.file, line: line, msg: "invalid YAML: " + msg}
 }
@@ -200,6 +210,12 @@ func (d decoder) fields(m *yaml.Node, where string, known map[string]func(v *yam
 			return d.errf(k, where, "keys must be plain strings")
 		}
 		set, ok := known[k.Value]
+		if !ok && where == "" && !anyKnown(m, known) {
+			// Security: a file with none of our top-level keys may be any
+			// file that happens to parse as YAML (a line of /etc/shadow is
+			// a one-key mapping): never quote it into an error or a log.
+			return d.wrapf(k, "", ErrUnknownKey, "unknown key (not shown: the file has none of the keys of this kind of file, so it may not be one; check the path)")
+		}
 		if !ok {
 			return d.wrapf(k, "", ErrUnknownKey, "unknown key %s%s", quote(k.Value), in)
 		}
@@ -212,6 +228,16 @@ func (d decoder) fields(m *yaml.Node, where string, known map[string]func(v *yam
 		}
 	}
 	return nil
+}
+
+// anyKnown reports whether mapping m has at least one key of known.
+func anyKnown(m *yaml.Node, known map[string]func(v *yaml.Node) error) bool {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if _, ok := known[m.Content[i].Value]; ok && m.Content[i].Kind == yaml.ScalarNode {
+			return true
+		}
+	}
+	return false
 }
 
 func (d decoder) str(v *yaml.Node, field string, dst *string) error {

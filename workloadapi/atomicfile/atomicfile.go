@@ -8,9 +8,12 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 )
 
 // Write atomically replaces path with data, with file mode perm.
@@ -23,7 +26,7 @@ func Write(path string, data []byte, perm os.FileMode) error {
 // the wrong owner.
 func WriteOwned(path string, data []byte, perm os.FileMode, uid, gid int) (err error) {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(dir, tempName(filepath.Base(path))+"*")
 	if err != nil {
 		return fmt.Errorf("atomic write %s: %w", path, err)
 	}
@@ -60,4 +63,61 @@ func WriteOwned(path string, data []byte, perm os.FileMode, uid, gid int) (err e
 		_ = d.Close()
 	}
 	return nil
+}
+
+// tempName is the start of the temporary name Write uses for a file named
+// base: "." + base + ".tmp-", then CreateTemp's random digits.
+func tempName(base string) string { return "." + base + ".tmp-" }
+
+// CleanTemps removes from dir the temporary files that an interrupted Write
+// of one of names (base names) left behind: a crash or SIGKILL between
+// creating the temporary file and renaming it leaves it there for good, and
+// for a key it holds a private key. Only regular files (never symlinks)
+// owned by the effective uid whose names have exactly Write's pattern are
+// removed; it returns the paths removed. Run it only while no Write to those
+// names can be in progress (for example under a lock on dir).
+func CleanTemps(dir string, names ...string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("clean temporary files in %s: %w", dir, err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range ents {
+		if !isTemp(e.Name(), names) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		fi, err := os.Lstat(p)
+		if err != nil {
+			continue // gone already
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !fi.Mode().IsRegular() || !ok || int(st.Uid) != os.Geteuid() {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, p)
+	}
+	if len(errs) > 0 {
+		return removed, fmt.Errorf("clean temporary files in %s: %w", dir, errors.Join(errs...))
+	}
+	return removed, nil
+}
+
+// isTemp reports whether name is Write's temporary name for one of names.
+func isTemp(name string, names []string) bool {
+	for _, base := range names {
+		digits, ok := strings.CutPrefix(name, tempName(base))
+		if !ok || digits == "" {
+			continue
+		}
+		if strings.Trim(digits, "0123456789") == "" {
+			return true
+		}
+	}
+	return false
 }

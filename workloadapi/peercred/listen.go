@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/nodeward/nodeward/internal/safefs"
 )
 
 // probeTimeout bounds the dial that tells a live socket from a stale one.
@@ -17,8 +19,10 @@ const probeTimeout = time.Second
 // Listen prepares path for a Workload API socket and listens on it:
 //   - the parent directory is created 0755 when missing; one that is group-
 //     or other-writable, or owned by someone other than the effective user
-//     or root (or is a symlink owned by someone else), is refused with
-//     ErrUnsafeDir: only the agent's user may place or replace the socket;
+//     or root (or is a symlink owned by someone else), or has such a
+//     directory anywhere above it (sticky ones like /tmp excepted), is
+//     refused with ErrUnsafeDir: only the agent's user may place or replace
+//     the socket;
 //   - an existing path must be a socket; it is dial-probed: a live listener
 //     gives ErrSocketInUse (a live agent's socket is never stolen), a refused
 //     connection means a stale socket left by a crashed agent, which is
@@ -74,29 +78,31 @@ func prepareDir(dir string) error {
 	return checkDir(dir)
 }
 
-// checkDir refuses a directory that users other than us or root may write.
+// checkDir refuses a socket directory that users other than us or root may
+// change: the directory and every directory above it must pass
+// safefs.CheckDir (owned by root or us, not writable by group or others;
+// sticky directories such as /tmp allowed above it), since whoever can
+// write any of them can rename the directory away and put one holding a
+// fake socket in its place. A symlinked directory must also be owned by us
+// or root: whoever owns the link can swap it when it lives in a sticky
+// directory.
 func checkDir(dir string) error {
 	lst, err := os.Lstat(dir)
 	if err != nil {
 		return fmt.Errorf("socket directory %s: %w", dir, err)
 	}
 	if lst.Mode().Type() == fs.ModeSymlink {
-		// Whoever owns the link can point it elsewhere later.
 		if err := checkOwner(dir, lst); err != nil {
 			return fmt.Errorf("socket directory %s is a symlink: %w", dir, err)
 		}
 	}
-	st, err := os.Stat(dir)
-	if err != nil {
+	if err := safefs.CheckDir(dir); err != nil {
+		if errors.Is(err, safefs.ErrUnsafe) {
+			return fmt.Errorf("socket directory %s: %w: %w", dir, ErrUnsafeDir, err)
+		}
 		return fmt.Errorf("socket directory %s: %w", dir, err)
 	}
-	if !st.IsDir() {
-		return fmt.Errorf("socket directory %s: not a directory", dir)
-	}
-	if st.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("socket directory %s (mode %v): %w", dir, st.Mode().Perm(), ErrUnsafeDir)
-	}
-	return checkOwner(dir, st)
+	return nil
 }
 
 func checkOwner(name string, fi fs.FileInfo) error {

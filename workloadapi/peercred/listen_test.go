@@ -198,3 +198,60 @@ func TestListenSymlinkedParentOwnedByUs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestListenChecksEveryParent: a directory anywhere above the socket's that
+// another user can write (or owns) lets that user rename the socket
+// directory away and put one with a fake socket in its place, so it is
+// refused; a sticky one (like /tmp) is not.
+func TestListenChecksEveryParent(t *testing.T) {
+	tests := []struct {
+		name     string
+		rootOnly bool
+		perm     os.FileMode
+		chown    bool
+		refused  bool
+	}{
+		{"other-writable grandparent", false, 0o777, false, true},
+		{"group-writable grandparent", false, 0o775, false, true},
+		{"grandparent owned by another user", true, 0o755, true, true},
+		{"sticky other-writable grandparent", false, 0o777 | os.ModeSticky, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.rootOnly && os.Geteuid() != 0 {
+				t.Skip("needs root to chown to uid 65534")
+			}
+			gp := filepath.Join(sockDir(t), "gp")
+			sock := filepath.Join(gp, "parent", "run", "s.sock")
+			if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(gp, tt.perm); err != nil {
+				t.Fatal(err)
+			}
+			if tt.chown {
+				if err := os.Chown(gp, 65534, 65534); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l, err := Listen(sock)
+			if !tt.refused {
+				if err != nil {
+					t.Fatalf("Listen: %v", err)
+				}
+				_ = l.Close()
+				return
+			}
+			if err == nil {
+				_ = l.Close()
+				t.Fatalf("Listen(%s) succeeded under %s", sock, tt.name)
+			}
+			if !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), gp) {
+				t.Fatalf("err = %v, want ErrUnsafeDir naming %s", err, gp)
+			}
+			if _, err := os.Lstat(sock); err == nil {
+				t.Error("socket created anyway")
+			}
+		})
+	}
+}
