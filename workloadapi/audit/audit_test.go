@@ -102,7 +102,7 @@ func TestEncoderMatchesEncodingJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := appendRecord(nil, &r); string(got) != string(want) {
+		if got := appendRecord(nil, &r, 0); string(got) != string(want) {
 			t.Errorf("encoder:\n got  %s\n want %s", got, want)
 		}
 	}
@@ -119,7 +119,7 @@ func FuzzEncoder(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if got := appendRecord(nil, &r); string(got) != string(want) {
+		if got := appendRecord(nil, &r, 0); string(got) != string(want) {
 			t.Fatalf("encoder:\n got  %s\n want %s", got, want)
 		}
 	})
