@@ -399,3 +399,30 @@ func TestLogReopenCloseConcurrently(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLogIssue measures one typical issue record (the cost every
+// Workload API grant pays), with the caps and the limiter in place.
+func BenchmarkLogIssue(b *testing.B) {
+	l := New(io.Discard)
+	exp := time.Now()
+	r := Record{Event: "issue", Decision: "allow", Kind: "jwt", RPC: "FetchJWTSVID", SPIFFEID: "spiffe://example.org/ns/default/sa/web",
+		Audience: []string{"https://api.example.org"}, JTI: "0123456789abcdef0123456789abcdef", ExpiresAt: &exp, EntryID: "e-1",
+		Caller: &Caller{PID: 4242, UID: 1000, GID: 1000, Binary: "/usr/local/bin/web-server",
+			Cgroup: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0123.slice/cri-containerd-0123456789abcdef.scope",
+			ContainerID: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", PodUID: "01234567-89ab-cdef-0123-456789abcdef"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = l.Log(r)
+	}
+}
+
+// BenchmarkLogDenyLimited measures a denial dropped by the rate limit (the
+// cost of a flood once past the burst).
+func BenchmarkLogDenyLimited(b *testing.B) {
+	l := New(io.Discard)
+	r := Record{Event: "validate", Decision: "deny", Reason: "unknown_key_id", Caller: &Caller{UID: 65534}}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = l.Log(r)
+	}
+}

@@ -146,7 +146,7 @@ func (e *encoder) str(key, v string, max int, always bool) {
 // between the quotes, cut with an ellipsis when longer.
 func (e *encoder) quoted(v string, max int) {
 	max >>= e.shift
-	if len(v)*6 <= max { // the longest escape is 6 bytes per input byte
+	if len(v)*6 <= max || (len(v) <= max && plain(v)) { // the longest escape is 6 bytes per input byte
 		e.b = appendQuoted(e.b, v)
 		return
 	}
@@ -165,6 +165,17 @@ func (e *encoder) quoted(v string, max int) {
 		i += size
 	}
 	e.b = appendQuoted(e.b, v)
+}
+
+// plain reports whether v is ASCII that needs no escape (as most values
+// are): its encoding is as long as v.
+func plain(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // encodedLen returns how many bytes appendQuoted writes for the character

@@ -103,7 +103,8 @@ func (l *limiter) admit(uid uint32, now time.Time) (bool, *Record) {
 		if st.n == 0 {
 			return true, nil
 		}
-		r := st.record(&uid, now)
+		u := uid // only this branch pays for the pointer
+		r := st.record(&u, now)
 		st.dropped = dropped{}
 		return true, &r
 	}
