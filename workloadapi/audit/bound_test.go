@@ -408,7 +408,7 @@ func BenchmarkLogIssue(b *testing.B) {
 	r := Record{Event: "issue", Decision: "allow", Kind: "jwt", RPC: "FetchJWTSVID", SPIFFEID: "spiffe://example.org/ns/default/sa/web",
 		Audience: []string{"https://api.example.org"}, JTI: "0123456789abcdef0123456789abcdef", ExpiresAt: &exp, EntryID: "e-1",
 		Caller: &Caller{PID: 4242, UID: 1000, GID: 1000, Binary: "/usr/local/bin/web-server",
-			Cgroup: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0123.slice/cri-containerd-0123456789abcdef.scope",
+			Cgroup:      "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0123.slice/cri-containerd-0123456789abcdef.scope",
 			ContainerID: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", PodUID: "01234567-89ab-cdef-0123-456789abcdef"}}
 	b.ReportAllocs()
 	for b.Loop() {
