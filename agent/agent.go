@@ -162,6 +162,8 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		},
 	)
 	a.obs = &observer{m: a.metrics, audit: al, log: log}
+	dropped := a.metrics.AuditDropped.WithLabelValues("rate_limited")
+	al.SetHooks(audit.Hooks{Lost: a.metrics.AuditErrors.Inc, Dropped: dropped.Inc})
 	a.store, err = identity.New(identity.Config{CA: c, Index: ix, Logger: log, Observer: a.obs})
 	if err != nil {
 		return nil, err
@@ -301,8 +303,15 @@ func (a *Agent) ReloadFailed(err error) {
 	a.log.Error("reload failed; keeping the running config", "err", err)
 }
 
-// ReopenAudit reopens a file audit sink (SIGUSR1, after log rotation).
-func (a *Agent) ReopenAudit() error { return a.audit.Reopen() }
+// ReopenAudit reopens a file audit sink (SIGUSR1, after log rotation). A
+// refused or failed reopen is counted and the old file kept.
+func (a *Agent) ReopenAudit() error {
+	err := a.audit.Reopen()
+	if err != nil {
+		a.metrics.AuditReopen.Inc()
+	}
+	return err
+}
 
 // Metrics returns the agent's metrics.
 func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }

@@ -59,8 +59,7 @@ func (o *observer) Issued(kind string, n int) { o.m.Issued.WithLabelValues(kind)
 func (o *observer) Denied(reason string) { o.m.Denied.WithLabelValues(reason).Inc() }
 
 func (o *observer) record(r audit.Record) {
-	if err := o.audit.Log(r); err != nil {
-		o.m.AuditErrors.Inc()
+	if err := o.audit.Log(r); err != nil { // counted by the Logger's hooks
 		o.log.Error("audit log write failed", "err", err)
 	}
 }

@@ -28,6 +28,8 @@ type Metrics struct {
 	Revocations    prometheus.Counter
 	Reloads        *prometheus.CounterVec // result
 	AuditErrors    prometheus.Counter
+	AuditDropped   *prometheus.CounterVec // reason (rate_limited)
+	AuditReopen    prometheus.Counter     // failed reopens (SIGUSR1)
 	TPMQuotes      *prometheus.CounterVec // result (ok, error)
 	IntermRotation *prometheus.CounterVec // result (ok, error)
 }
@@ -88,7 +90,13 @@ func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metr
 			Name: "nodeward_config_reloads_total", Help: "Configuration reloads, by result (ok, error).",
 		}, []string{"result"}),
 		AuditErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nodeward_audit_write_errors_total", Help: "Audit records that could not be written.",
+			Name: "nodeward_audit_write_errors_total", Help: "Audit records lost: not written, or only partly (full disk, closed sink).",
+		}),
+		AuditDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_audit_dropped_total", Help: "Audit records deliberately not written, by reason (rate_limited: a caller uid's denials beyond the rate limit).",
+		}, []string{"reason"}),
+		AuditReopen: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodeward_audit_reopen_errors_total", Help: "Audit file reopens (SIGUSR1) refused or failed; the agent keeps writing to the file it had.",
 		}),
 		TPMQuotes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodeward_tpm_quotes_total", Help: "TPM quotes taken and verified by the agent, by result (ok, error: PCR selectors withdrawn).",
@@ -98,7 +106,7 @@ func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metr
 		}, []string{"result"}),
 	}
 	for _, c := range []prometheus.Collector{m.RPCs, m.RPCDuration, m.OpenStreams, m.Issued, m.Denied, m.Attestation,
-		m.AttestFailures, m.Minted, m.Rotations, m.RotationFails, m.Revocations, m.Reloads, m.AuditErrors,
+		m.AttestFailures, m.Minted, m.Rotations, m.RotationFails, m.Revocations, m.Reloads, m.AuditErrors, m.AuditDropped, m.AuditReopen,
 		m.TPMQuotes, m.IntermRotation} {
 		f(c)
 	}

@@ -96,13 +96,16 @@ func TestEncoderMatchesEncodingJSON(t *testing.T) {
 				Cgroup: "/a", SystemdUnit: "u.service", ContainerID: "c", PodUID: "p"},
 			Upstream: "corp", Issuer: "i", Endpoint: "https://idp/token", DurationMS: 1.25},
 		{Time: exp.In(time.FixedZone("X", 3600)), Event: "deny", Caller: &Caller{}},
+		{Time: exp, Event: "audit_dropped", Reason: "rate_limited", UID: new(uint32(65534)), Count: 12, Since: &exp},
+		{Time: exp, Event: "issue", Audience: []string{"a"}, Omitted: 3, Truncated: true},
+		{Time: exp, Event: "reload", Reason: strings.Repeat("é", capLong/2)}, // exactly at the cap
 	}
 	for _, r := range recs {
 		want, err := json.Marshal(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := appendRecord(nil, &r); string(got) != string(want) {
+		if got := appendRecord(nil, &r, 0); string(got) != string(want) {
 			t.Errorf("encoder:\n got  %s\n want %s", got, want)
 		}
 	}
@@ -114,13 +117,26 @@ func FuzzEncoder(f *testing.F) {
 		if d != d || d > 1e300 || d < -1e300 { // NaN and infinities are never recorded
 			return
 		}
-		r := Record{Time: time.Unix(1, 0).UTC(), Event: s, SPIFFEID: s, Audience: []string{s}, Caller: &Caller{Binary: bin}, DurationMS: d}
+		r := Record{Time: time.Unix(1, 0).UTC(), Event: s, SPIFFEID: s, Audience: []string{s, bin}, Caller: &Caller{Binary: bin}, DurationMS: d}
 		want, err := json.Marshal(r)
 		if err != nil {
 			return
 		}
-		if got := appendRecord(nil, &r); string(got) != string(want) {
-			t.Fatalf("encoder:\n got  %s\n want %s", got, want)
+		got := appendRecord(nil, &r, 0)
+		if !strings.Contains(string(got), `"truncated":true`) {
+			if string(got) != string(want) {
+				t.Fatalf("encoder:\n got  %s\n want %s", got, want)
+			}
+			return
 		}
+		// Cut: still one valid JSON object within the bound, each cut
+		// field a prefix of what encoding/json would write.
+		line := encodeLine(nil, &r)
+		var back Record
+		if len(line) > MaxRecordSize || json.Unmarshal(line, &back) != nil {
+			t.Fatalf("cut record: %d bytes: %s", len(line), line)
+		}
+		checkCut(t, "event", back.Event, r.Event)
+		checkCut(t, "binary", back.Caller.Binary, r.Caller.Binary)
 	})
 }
