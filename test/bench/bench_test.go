@@ -8,6 +8,7 @@ package bench
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -27,7 +28,15 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) { testutil.MainWithBinary(m, &bin) }
+// TestMain builds the binary only when benchmarks run: `make test` runs this
+// package without -bench, and the build would cost minutes for nothing.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		os.Exit(m.Run())
+	}
+	testutil.MainWithBinary(m, &bin)
+}
 
 // entries grants this benchmark binary (its uid and path) an identity.
 func entries() string {
