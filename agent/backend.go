@@ -67,11 +67,11 @@ func (b backend) Attest(ctx context.Context, p *peercred.Info) (sels []selector.
 
 // ErrUIDChanged: the process that opened the connection no longer runs
 // under the effective uid it connected with.
-var ErrUIDChanged = errors.New("effective uid changed since connect")
+var ErrUIDChanged = fmt.Errorf("%w: effective uid changed", workloadapi.ErrCallerChanged)
 
 // ErrGIDChanged: the process that opened the connection no longer runs
 // under the effective gid or supplementary groups it connected with.
-var ErrGIDChanged = errors.New("effective gid or groups changed since connect")
+var ErrGIDChanged = fmt.Errorf("%w: effective gid or groups changed", workloadapi.ErrCallerChanged)
 
 // checkPeerIDs refuses a peer whose attested unix:uid, unix:gid or
 // unix:supplementary-gid set differs from what SO_PEERCRED and

@@ -27,6 +27,10 @@ var (
 	ErrNotEntitled = errors.New("not entitled to the requested SPIFFE ID")
 	// ErrInvalidToken: ValidateJWTSVID was given a token that does not validate (InvalidArgument).
 	ErrInvalidToken = errors.New("invalid JWT-SVID")
+	// ErrCallerChanged: the caller's uid, gid or groups differ from those it
+	// connected with (PermissionDenied, denial reason identity_changed). A
+	// changed binary is peercred.ErrExecChanged, counted the same way.
+	ErrCallerChanged = errors.New("caller's credentials changed since connect")
 )
 
 // X509SVID is one identity as sent to a workload.

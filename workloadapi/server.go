@@ -207,9 +207,14 @@ func (s *Server) attest(ctx context.Context, rpc string) (*caller, error) {
 	}
 	sels, err := s.backend.Attest(ctx, p)
 	if err != nil {
-		s.obs.Denied("attestation_failed")
-		s.log.Warn("attestation failed", "rpc", rpc, "pid", p.PID, "uid", p.UID, "err", err)
-		s.auditLog(audit.Record{Event: "deny", Decision: "deny", Reason: "attestation_failed", RPC: rpc,
+		reason := "attestation_failed"
+		if errors.Is(err, ErrCallerChanged) || errors.Is(err, peercred.ErrExecChanged) {
+			// An exec or fd hand-off after connect: worth an alert of its own.
+			reason = "identity_changed"
+		}
+		s.obs.Denied(reason)
+		s.log.Warn("attestation failed", "rpc", rpc, "pid", p.PID, "uid", p.UID, "reason", reason, "err", err)
+		s.auditLog(audit.Record{Event: "deny", Decision: "deny", Reason: reason, RPC: rpc,
 			Caller: &audit.Caller{PID: p.PID, UID: p.UID, GID: p.GID}})
 		return nil, status.Error(codes.PermissionDenied, "caller could not be attested")
 	}

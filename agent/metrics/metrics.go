@@ -65,7 +65,7 @@ func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metr
 			Name: "nodeward_svids_issued_total", Help: "SVIDs sent to workloads, by kind (x509, jwt).",
 		}, []string{"kind"}),
 		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nodeward_requests_denied_total", Help: "Refused Workload API requests, by reason (no_identity, not_entitled, attestation_failed, missing_header, no_peer_credentials).",
+			Name: "nodeward_requests_denied_total", Help: "Refused Workload API requests, by reason (no_identity, not_entitled, attestation_failed, identity_changed, missing_header, no_peer_credentials).",
 		}, []string{"reason"}),
 		Attestation: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "nodeward_attestation_duration_seconds", Help: "Duration of one caller's attestation (all attestors and the pidfd checks).",

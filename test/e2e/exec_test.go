@@ -113,6 +113,8 @@ func TestExecAfterHandoffGetsNoIdentity(t *testing.T) {
 		t.Fatalf("child of a process that exec'd %s after connecting got %q, want ERR PermissionDenied", target, got)
 	}
 	waitLog(t, agent, "exec'd since connect")
+	// Counted and audited as identity_changed (the privilege-escalation alert).
+	waitLog(t, agent, `"reason":"identity_changed"`)
 }
 
 // TestChangedGIDOrGroupsGetNoIdentity is item 2: a process that changes its
@@ -146,5 +148,6 @@ func TestChangedGIDOrGroupsGetNoIdentity(t *testing.T) {
 			}
 		})
 	}
-	waitLog(t, agent, "effective gid or groups changed since connect")
+	waitLog(t, agent, "effective gid or groups changed")
+	waitLog(t, agent, `"reason":"identity_changed"`)
 }
