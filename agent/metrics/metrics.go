@@ -128,5 +128,26 @@ func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metr
 	}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.initLabels()
 	return m
+}
+
+// initLabels exports every counter of a closed label set at zero from the
+// start, so that rate() and increase() see the first event (an alert on
+// config_reloads_total{result="error"} must fire on the first failed reload)
+// and dashboards find their series on a fresh agent.
+func (m *Metrics) initLabels() {
+	for _, kind := range []string{"x509", "jwt"} {
+		m.Issued.WithLabelValues(kind)
+		m.Minted.WithLabelValues(kind)
+	}
+	for _, reason := range []string{"no_identity", "not_entitled", "attestation_failed", "identity_changed", "missing_header", "no_peer_credentials"} {
+		m.Denied.WithLabelValues(reason)
+	}
+	for _, result := range []string{"ok", "error"} {
+		m.Reloads.WithLabelValues(result)
+		m.TPMQuotes.WithLabelValues(result)
+		m.IntermRotation.WithLabelValues(result)
+	}
+	m.AuditDropped.WithLabelValues("rate_limited")
 }
