@@ -7,7 +7,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,8 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-
-	"github.com/nodeward/nodeward/workloadapi/atomicfile"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Source is the part of go-spiffe's *workloadapi.Client a sink uses.
@@ -107,9 +107,14 @@ type x509Watcher struct {
 
 func (w x509Watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.s.onX509(w.ctx, c) }
 func (w x509Watcher) OnX509ContextWatchError(err error) {
-	if w.ctx.Err() == nil {
-		w.s.log.Warn("svid file sink: X.509 stream error", "err", err)
+	if w.ctx.Err() != nil {
+		return
 	}
+	if isRevoked(err) {
+		w.s.revokeX509(w.ctx)
+		return
+	}
+	w.s.log.Warn("svid file sink: X.509 stream error", "err", err)
 }
 
 type jwtBundleWatcher struct {
@@ -149,7 +154,9 @@ type file struct {
 func (s *Sink) onX509(ctx context.Context, c *workloadapi.X509Context) {
 	svid := s.pick(c.SVIDs)
 	if svid == nil {
+		// The identity this entry follows is gone from the answer: revoked.
 		s.log.Warn("svid file sink: no X.509-SVID with the configured hint", "hint", s.cfg.Hint)
+		s.revokeX509(ctx)
 		return
 	}
 	var files []file
@@ -199,6 +206,9 @@ func (s *Sink) refreshJWT(ctx context.Context, src Source, jf JWTFile) {
 			return
 		}
 		if err != nil {
+			if isRevoked(err) {
+				s.revoke(ctx, "jwt", []string{jf.Path}, "audience", jf.Audience)
+			}
 			s.log.Warn("svid file sink: JWT-SVID fetch failed", "audience", jf.Audience, "err", err)
 			if !sleep(ctx, backoff) {
 				return
@@ -225,11 +235,7 @@ func (s *Sink) apply(ctx context.Context, what string, files []file, logAttrs ..
 		if old, ok := s.written[f.path]; ok && bytes.Equal(old, f.data) {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
-			s.log.Error("svid file sink: create directory", "path", f.path, "err", err)
-			return
-		}
-		if err := atomicfile.WriteOwned(f.path, f.data, f.mode, s.uid, s.gid); err != nil {
+		if err := writeFileAt(f.path, f.data, f.mode, s.uid, s.gid); err != nil {
 			s.log.Error("svid file sink: write failed", "path", f.path, "err", err)
 			return
 		}
@@ -240,7 +246,52 @@ func (s *Sink) apply(ctx context.Context, what string, files []file, logAttrs ..
 		return
 	}
 	s.log.Info("svid file sink: files written", append([]any{"what", what}, logAttrs...)...)
-	s.runAction(ctx)
+	s.runAction(ctx, EventRotate)
+	s.writes.Add(1)
+}
+
+// isRevoked reports whether a Workload API error says the caller has no
+// identity any more (PermissionDenied "no identity issued"), as opposed to
+// a transient failure (the agent restarting, a broken connection).
+func isRevoked(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.PermissionDenied && strings.Contains(st.Message(), "no identity issued")
+}
+
+// revokeX509 removes the X.509 files (key first, then certificate and
+// bundle) of an identity the agent no longer issues.
+func (s *Sink) revokeX509(ctx context.Context) {
+	var paths []string
+	for _, p := range []string{s.cfg.X509Key, s.cfg.X509SVID, s.cfg.X509Bundle} {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
+	s.revoke(ctx, "x509", paths)
+}
+
+// revoke removes the files of a revoked identity, each with one unlink
+// relative to its checked directory, and runs the action once with
+// EventRevoked if anything was there to remove (also files left by an
+// earlier run), so a revocation that lasts runs the action once.
+func (s *Sink) revoke(ctx context.Context, what string, paths []string, logAttrs ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	removed := false
+	for _, p := range paths {
+		gone, err := removeFileAt(p)
+		if err != nil {
+			s.log.Error("svid file sink: remove failed", "path", p, "err", err)
+			continue
+		}
+		delete(s.written, p)
+		removed = removed || gone
+	}
+	if !removed {
+		return
+	}
+	s.log.Warn("svid file sink: identity revoked; files removed", append([]any{"what", what}, logAttrs...)...)
+	s.runAction(ctx, EventRevoked)
 	s.writes.Add(1)
 }
 
