@@ -38,6 +38,8 @@ type Sink struct {
 
 	mu      sync.Mutex        // serializes writes and actions
 	written map[string][]byte // last content per path
+	revoked bool              // the identity was revoked and not issued again since
+	wake    chan struct{}     // closed to make the JWT refreshers fetch now
 	writes  atomic.Uint64     // rotations written (files changed, action run)
 }
 
@@ -53,7 +55,7 @@ func New(cfg SVIDFiles, log *slog.Logger) (*Sink, error) {
 		return nil, err
 	}
 	s := &Sink{cfg: cfg, log: log, mode: os.FileMode(mode), keyMode: os.FileMode(keyMode),
-		uid: -1, gid: -1, action: action, written: map[string][]byte{}}
+		uid: -1, gid: -1, action: action, written: map[string][]byte{}, wake: make(chan struct{})}
 	if cfg.Owner != nil {
 		s.uid = *cfg.Owner
 	}
@@ -70,7 +72,8 @@ func (s *Sink) Rotations() uint64 { return s.writes.Load() }
 // bundle streams and refreshes each JWT-SVID at half its remaining life.
 func (s *Sink) Run(ctx context.Context, src Source) error {
 	var wg sync.WaitGroup
-	if s.cfg.X509SVID != "" || s.cfg.X509Bundle != "" {
+	// The X.509 stream also tells of revocation (for the JWT-SVID files too).
+	if s.cfg.X509SVID != "" || s.cfg.X509Bundle != "" || len(s.cfg.JWTSVIDs) > 0 {
 		wg.Go(func() { s.watch(ctx, "x509", func() error { return src.WatchX509Context(ctx, x509Watcher{s, ctx}) }) })
 	}
 	if s.cfg.JWTBundle != "" {
@@ -159,6 +162,14 @@ func (s *Sink) onX509(ctx context.Context, c *workloadapi.X509Context) {
 		s.revokeX509(ctx)
 		return
 	}
+	s.mu.Lock()
+	if s.revoked {
+		// Issued again: the JWT-SVID files are fetched now, not at the
+		// next refresh.
+		s.revoked = false
+		s.wakeJWTLocked()
+	}
+	s.mu.Unlock()
 	var files []file
 	if s.cfg.X509Bundle != "" {
 		b, err := c.Bundles.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
@@ -210,7 +221,7 @@ func (s *Sink) refreshJWT(ctx context.Context, src Source, jf JWTFile) {
 				s.revoke(ctx, "jwt", []string{jf.Path}, "audience", jf.Audience)
 			}
 			s.log.Warn("svid file sink: JWT-SVID fetch failed", "audience", jf.Audience, "err", err)
-			if !sleep(ctx, backoff) {
+			if !s.sleepJWT(ctx, backoff) {
 				return
 			}
 			backoff = min(2*backoff, 30*time.Second)
@@ -219,7 +230,7 @@ func (s *Sink) refreshJWT(ctx context.Context, src Source, jf JWTFile) {
 		backoff = time.Second
 		s.apply(ctx, "jwt", []file{{jf.Path, []byte(svid.Marshal() + "\n"), s.keyMode}},
 			"audience", jf.Audience, "expires", svid.Expiry)
-		if !sleep(ctx, max(time.Until(svid.Expiry)/2, time.Second)) {
+		if !s.sleepJWT(ctx, max(time.Until(svid.Expiry)/2, time.Second)) {
 			return
 		}
 	}
@@ -258,8 +269,8 @@ func isRevoked(err error) bool {
 	return ok && st.Code() == codes.PermissionDenied && strings.Contains(st.Message(), "no identity issued")
 }
 
-// revokeX509 removes the X.509 files (key first, then certificate and
-// bundle) of an identity the agent no longer issues.
+// revokeX509 removes the files of an identity the agent no longer issues:
+// X.509 key first, then certificate and bundle, then the JWT-SVID files.
 func (s *Sink) revokeX509(ctx context.Context) {
 	var paths []string
 	for _, p := range []string{s.cfg.X509Key, s.cfg.X509SVID, s.cfg.X509Bundle} {
@@ -267,7 +278,36 @@ func (s *Sink) revokeX509(ctx context.Context) {
 			paths = append(paths, p)
 		}
 	}
+	for _, jf := range s.cfg.JWTSVIDs {
+		paths = append(paths, jf.Path)
+	}
+	s.mu.Lock()
+	s.revoked = true
+	s.wakeJWTLocked()
+	s.mu.Unlock()
 	s.revoke(ctx, "x509", paths)
+}
+
+// wakeJWTLocked makes every JWT refresher fetch now; s.mu must be held.
+func (s *Sink) wakeJWTLocked() {
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+// sleepJWT waits d, or until ctx ends (false) or the refreshers are woken.
+func (s *Sink) sleepJWT(ctx context.Context, d time.Duration) bool {
+	s.mu.Lock()
+	wake := s.wake
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-wake:
+	}
+	return true
 }
 
 // revoke removes the files of a revoked identity, each with one unlink
