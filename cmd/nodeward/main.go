@@ -23,6 +23,14 @@ var (
 // errUsage marks a command-line mistake (exit code 2).
 var errUsage = errors.New("usage")
 
+// errConfig marks a daemon's config file that does not load (exit code
+// exitConfig), so that a unit can restart on every other exit
+// (RestartPreventExitStatus=78) without looping on a config mistake.
+var errConfig = errors.New("config")
+
+// exitConfig is the exit code of a config error: EX_CONFIG of sysexits.h.
+const exitConfig = 78
+
 type command struct {
 	name  string
 	usage string
@@ -86,6 +94,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case errors.Is(err, errUsage):
 			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
 			return 2
+		case errors.Is(err, errConfig):
+			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
+			return exitConfig
 		default:
 			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
 			return 1
