@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,4 +74,55 @@ func TestAgentSurvivesClosedStdout(t *testing.T) {
 	if _, errOut, code := testutil.Run(t, bin, env, "fetch", "x509"); code != 0 {
 		t.Fatalf("agent not serving after the writes: %s", errOut)
 	}
+}
+
+// TestAdminListenNonLoopbackNeedsOptIn (issue 11, item 15): the agent
+// refuses to serve its unauthenticated admin listener (/v1/status lists
+// every entry's selectors) on a non-loopback address unless told to.
+func TestAdminListenNonLoopbackNeedsOptIn(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	port := testutil.FreePort(t)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", "admin_listen: 0.0.0.0:"+port+"\n")
+	errOut, code := runBounded(t, 10*time.Second, "agent", "--config", cfg)
+	if code != 78 || !strings.Contains(errOut, "agent.yaml:6: admin_listen: \"0.0.0.0:"+port+"\" is not a loopback address") ||
+		!strings.Contains(errOut, "admin_listen_public: true") {
+		t.Fatalf("non-loopback admin_listen: code %d, stderr %q; want exit 78 naming file:line and field", code, errOut)
+	}
+	cfg, sock = testutil.WriteConfig(t, dir, "example.org", "admin_listen: 0.0.0.0:"+port+"\nadmin_listen_public: true\n")
+	testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://127.0.0.1:" + port + "/healthz")
+		if err == nil {
+			_ = resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("opted-in admin listener not serving: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runBounded runs the binary with args and returns its combined output and
+// exit code; a process still running after within is killed and the test
+// fails (an agent that should have refused to start but serves).
+func runBounded(t *testing.T, within time.Duration, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("nodeward %s still running after %v (killed):\n%s", strings.Join(args, " "), within, out)
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
 }
