@@ -126,3 +126,26 @@ func runBounded(t *testing.T, within time.Duration, args ...string) (string, int
 	}
 	return string(out), 0
 }
+
+// TestCLIFlagsAfterArguments (issue 11, item 16): the README's form
+// `nodeward entries check FILE [--trust-domain TD]` works as written with
+// the real binary, and "--" ends the flags.
+func TestCLIFlagsAfterArguments(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "entries.yaml")
+	if err := os.WriteFile(f, []byte("entries:\n  - spiffe_id: spiffe://example.org/web\n    selectors: [unix:uid:1000]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := testutil.Run(t, bin, nil, "entries", "check", f, "--trust-domain", "example.org")
+	if code != 0 || !strings.Contains(out, "1 entries, 0 errors") {
+		t.Fatalf("entries check FILE --trust-domain TD: code %d\n%s%s", code, out, errOut)
+	}
+	// Checked against another trust domain, the same file has findings:
+	// the flag after FILE was honoured.
+	if out, errOut, code = testutil.Run(t, bin, nil, "entries", "check", f, "--trust-domain", "other.org"); code != 1 {
+		t.Fatalf("entries check FILE --trust-domain other.org: code %d, want 1 (findings)\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code = testutil.Run(t, bin, nil, "entries", "check", "--", f, "--trust-domain"); code != 2 || !strings.Contains(errOut, "entries check FILE") {
+		t.Fatalf("after --, flags are arguments: code %d %s", code, errOut)
+	}
+}
