@@ -82,13 +82,13 @@ func TestAgentSurvivesClosedStdout(t *testing.T) {
 func TestAdminListenNonLoopbackNeedsOptIn(t *testing.T) {
 	dir := testutil.SocketDir(t)
 	port := testutil.FreePort(t)
-	cfg, sock := testutil.WriteConfig(t, dir, "example.org", "admin_listen: 0.0.0.0:"+port+"\n")
+	cfg, _ := testutil.WriteConfig(t, dir, "example.org", "admin_listen: 0.0.0.0:"+port+"\n")
 	errOut, code := runBounded(t, 10*time.Second, "agent", "--config", cfg)
 	if code != 78 || !strings.Contains(errOut, "agent.yaml:6: admin_listen: \"0.0.0.0:"+port+"\" is not a loopback address") ||
 		!strings.Contains(errOut, "admin_listen_public: true") {
 		t.Fatalf("non-loopback admin_listen: code %d, stderr %q; want exit 78 naming file:line and field", code, errOut)
 	}
-	cfg, sock = testutil.WriteConfig(t, dir, "example.org", "admin_listen: 0.0.0.0:"+port+"\nadmin_listen_public: true\n")
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", "admin_listen: 0.0.0.0:"+port+"\nadmin_listen_public: true\n")
 	testutil.StartAgent(t, bin, cfg, sock)
 	testutil.WaitServing(t, sock, 10*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
