@@ -9,7 +9,14 @@
 // Security: the credentials are those of the process that runs the sink
 // (the broker sidecar, attested by the agent like any workload); private
 // keys and JWT-SVIDs are written 0600 unless configured otherwise, and never
-// logged.
+// logged. Files are written relative to a held descriptor of their
+// directory, reached by a walk that refuses any directory (or symlink) on
+// the way that another user could change (internal/safefs), with O_NOFOLLOW
+// and O_EXCL temp files renamed in place. A PID file is trusted only when
+// root or we own it and it is not open to writes by others, and only a
+// process running the configured binary is signalled. Commands run in their
+// own process group, killed whole at their timeout. When the agent revokes
+// the identity, its files are removed.
 package sinks
 
 import (

@@ -224,3 +224,36 @@ func TestRevokeRemovesFilesAndRunsAction(t *testing.T) {
 		t.Fatalf("not rewritten after re-issue: %q", b)
 	}
 }
+
+// TestStartCancelKillsGroupAndWaitTracks (items 21c, 23): runs begun with
+// Start are tracked by Wait, concurrently; cancelling their context kills
+// each command's whole process group.
+func TestStartCancelKillsGroupAndWaitTracks(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "daemon.pid")
+	a, err := NewAction(OnRotate{Command: []string{"/bin/sh", "-c", "sleep 1000 & echo $! >> " + pidFile + "; wait"}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	for range 3 {
+		a.Start(ctx)
+	}
+	// Runs are serialized: the first one is running once its daemon's pid is there.
+	waitFor(t, 5*time.Second, "the first run", func() bool { b, _ := os.ReadFile(pidFile); return len(b) > 0 })
+	cancel()
+	done := make(chan struct{})
+	go func() { a.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return after cancel")
+	}
+	b, _ := os.ReadFile(pidFile)
+	for _, f := range strings.Fields(string(b)) {
+		pid, _ := strconv.Atoi(f)
+		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+		waitFor(t, 5*time.Second, "daemon "+f+" to die", func() bool { return !alive(pid) })
+	}
+}
