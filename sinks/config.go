@@ -9,7 +9,14 @@
 // Security: the credentials are those of the process that runs the sink
 // (the broker sidecar, attested by the agent like any workload); private
 // keys and JWT-SVIDs are written 0600 unless configured otherwise, and never
-// logged.
+// logged. Files are written relative to a held descriptor of their
+// directory, reached by a walk that refuses any directory (or symlink) on
+// the way that another user could change (internal/safefs), with O_NOFOLLOW
+// and O_EXCL temp files renamed in place. A PID file is trusted only when
+// root or we own it and it is not open to writes by others, and only a
+// process running the configured binary is signalled. Commands run in their
+// own process group, killed whole at their timeout. When the agent revokes
+// the identity, its files are removed.
 package sinks
 
 import (
@@ -52,8 +59,11 @@ type OnRotate struct {
 	Command []string `yaml:"command"`  // argv, run without a shell
 	Signal  string   `yaml:"signal"`   // e.g. HUP or SIGUSR1, for pid_file and unit
 	PIDFile string   `yaml:"pid_file"` // signal the process whose pid this file holds
-	Unit    string   `yaml:"unit"`     // signal this systemd unit's main process (systemctl kill)
-	Timeout string   `yaml:"timeout"`  // bound on command, default 30s
+	// Binary is the executable the pid_file's process must run (compared
+	// with /proc/PID/exe); required with pid_file.
+	Binary  string `yaml:"binary"`
+	Unit    string `yaml:"unit"`    // signal this systemd unit's main process (systemctl kill)
+	Timeout string `yaml:"timeout"` // bound on command, default 30s
 }
 
 // ErrInvalid is wrapped by every configuration error.
@@ -146,6 +156,15 @@ func (r OnRotate) Validate() error {
 	}
 	if r.PIDFile != "" && !filepath.IsAbs(r.PIDFile) {
 		return fieldErr(fmt.Sprintf("must be an absolute path, got %q", r.PIDFile), "pid_file")
+	}
+	if r.PIDFile != "" && r.Binary == "" {
+		return fieldErr("pid_file needs binary (the executable its process must run, e.g. /usr/sbin/nginx)", "pid_file")
+	}
+	if r.Binary != "" && r.PIDFile == "" {
+		return fieldErr("binary goes with pid_file", "binary")
+	}
+	if r.Binary != "" && !filepath.IsAbs(r.Binary) {
+		return fieldErr(fmt.Sprintf("must be an absolute path, got %q", r.Binary), "binary")
 	}
 	if len(r.Command) > 0 && r.Command[0] == "" {
 		return fieldErr("command[0] is empty", "command")

@@ -7,7 +7,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,8 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-
-	"github.com/nodeward/nodeward/workloadapi/atomicfile"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Source is the part of go-spiffe's *workloadapi.Client a sink uses.
@@ -38,6 +38,8 @@ type Sink struct {
 
 	mu      sync.Mutex        // serializes writes and actions
 	written map[string][]byte // last content per path
+	revoked bool              // the identity was revoked and not issued again since
+	wake    chan struct{}     // closed to make the JWT refreshers fetch now
 	writes  atomic.Uint64     // rotations written (files changed, action run)
 }
 
@@ -53,7 +55,7 @@ func New(cfg SVIDFiles, log *slog.Logger) (*Sink, error) {
 		return nil, err
 	}
 	s := &Sink{cfg: cfg, log: log, mode: os.FileMode(mode), keyMode: os.FileMode(keyMode),
-		uid: -1, gid: -1, action: action, written: map[string][]byte{}}
+		uid: -1, gid: -1, action: action, written: map[string][]byte{}, wake: make(chan struct{})}
 	if cfg.Owner != nil {
 		s.uid = *cfg.Owner
 	}
@@ -70,7 +72,8 @@ func (s *Sink) Rotations() uint64 { return s.writes.Load() }
 // bundle streams and refreshes each JWT-SVID at half its remaining life.
 func (s *Sink) Run(ctx context.Context, src Source) error {
 	var wg sync.WaitGroup
-	if s.cfg.X509SVID != "" || s.cfg.X509Bundle != "" {
+	// The X.509 stream also tells of revocation (for the JWT-SVID files too).
+	if s.cfg.X509SVID != "" || s.cfg.X509Bundle != "" || len(s.cfg.JWTSVIDs) > 0 {
 		wg.Go(func() { s.watch(ctx, "x509", func() error { return src.WatchX509Context(ctx, x509Watcher{s, ctx}) }) })
 	}
 	if s.cfg.JWTBundle != "" {
@@ -107,9 +110,14 @@ type x509Watcher struct {
 
 func (w x509Watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.s.onX509(w.ctx, c) }
 func (w x509Watcher) OnX509ContextWatchError(err error) {
-	if w.ctx.Err() == nil {
-		w.s.log.Warn("svid file sink: X.509 stream error", "err", err)
+	if w.ctx.Err() != nil {
+		return
 	}
+	if isRevoked(err) {
+		w.s.revokeX509(w.ctx)
+		return
+	}
+	w.s.log.Warn("svid file sink: X.509 stream error", "err", err)
 }
 
 type jwtBundleWatcher struct {
@@ -149,9 +157,19 @@ type file struct {
 func (s *Sink) onX509(ctx context.Context, c *workloadapi.X509Context) {
 	svid := s.pick(c.SVIDs)
 	if svid == nil {
+		// The identity this entry follows is gone from the answer: revoked.
 		s.log.Warn("svid file sink: no X.509-SVID with the configured hint", "hint", s.cfg.Hint)
+		s.revokeX509(ctx)
 		return
 	}
+	s.mu.Lock()
+	if s.revoked {
+		// Issued again: the JWT-SVID files are fetched now, not at the
+		// next refresh.
+		s.revoked = false
+		s.wakeJWTLocked()
+	}
+	s.mu.Unlock()
 	var files []file
 	if s.cfg.X509Bundle != "" {
 		b, err := c.Bundles.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
@@ -199,8 +217,11 @@ func (s *Sink) refreshJWT(ctx context.Context, src Source, jf JWTFile) {
 			return
 		}
 		if err != nil {
+			if isRevoked(err) {
+				s.revoke(ctx, "jwt", []string{jf.Path}, "audience", jf.Audience)
+			}
 			s.log.Warn("svid file sink: JWT-SVID fetch failed", "audience", jf.Audience, "err", err)
-			if !sleep(ctx, backoff) {
+			if !s.sleepJWT(ctx, backoff) {
 				return
 			}
 			backoff = min(2*backoff, 30*time.Second)
@@ -209,7 +230,7 @@ func (s *Sink) refreshJWT(ctx context.Context, src Source, jf JWTFile) {
 		backoff = time.Second
 		s.apply(ctx, "jwt", []file{{jf.Path, []byte(svid.Marshal() + "\n"), s.keyMode}},
 			"audience", jf.Audience, "expires", svid.Expiry)
-		if !sleep(ctx, max(time.Until(svid.Expiry)/2, time.Second)) {
+		if !s.sleepJWT(ctx, max(time.Until(svid.Expiry)/2, time.Second)) {
 			return
 		}
 	}
@@ -225,11 +246,7 @@ func (s *Sink) apply(ctx context.Context, what string, files []file, logAttrs ..
 		if old, ok := s.written[f.path]; ok && bytes.Equal(old, f.data) {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
-			s.log.Error("svid file sink: create directory", "path", f.path, "err", err)
-			return
-		}
-		if err := atomicfile.WriteOwned(f.path, f.data, f.mode, s.uid, s.gid); err != nil {
+		if err := writeFileAt(f.path, f.data, f.mode, s.uid, s.gid); err != nil {
 			s.log.Error("svid file sink: write failed", "path", f.path, "err", err)
 			return
 		}
@@ -240,7 +257,81 @@ func (s *Sink) apply(ctx context.Context, what string, files []file, logAttrs ..
 		return
 	}
 	s.log.Info("svid file sink: files written", append([]any{"what", what}, logAttrs...)...)
-	s.runAction(ctx)
+	s.runAction(ctx, EventRotate)
+	s.writes.Add(1)
+}
+
+// isRevoked reports whether a Workload API error says the caller has no
+// identity any more (PermissionDenied "no identity issued"), as opposed to
+// a transient failure (the agent restarting, a broken connection).
+func isRevoked(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.PermissionDenied && strings.Contains(st.Message(), "no identity issued")
+}
+
+// revokeX509 removes the files of an identity the agent no longer issues:
+// X.509 key first, then certificate and bundle, then the JWT-SVID files.
+func (s *Sink) revokeX509(ctx context.Context) {
+	var paths []string
+	for _, p := range []string{s.cfg.X509Key, s.cfg.X509SVID, s.cfg.X509Bundle} {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
+	for _, jf := range s.cfg.JWTSVIDs {
+		paths = append(paths, jf.Path)
+	}
+	s.mu.Lock()
+	s.revoked = true
+	s.wakeJWTLocked()
+	s.mu.Unlock()
+	s.revoke(ctx, "x509", paths)
+}
+
+// wakeJWTLocked makes every JWT refresher fetch now; s.mu must be held.
+func (s *Sink) wakeJWTLocked() {
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+// sleepJWT waits d, or until ctx ends (false) or the refreshers are woken.
+func (s *Sink) sleepJWT(ctx context.Context, d time.Duration) bool {
+	s.mu.Lock()
+	wake := s.wake
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-wake:
+	}
+	return true
+}
+
+// revoke removes the files of a revoked identity, each with one unlink
+// relative to its checked directory, and runs the action once with
+// EventRevoked if anything was there to remove (also files left by an
+// earlier run), so a revocation that lasts runs the action once.
+func (s *Sink) revoke(ctx context.Context, what string, paths []string, logAttrs ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	removed := false
+	for _, p := range paths {
+		gone, err := removeFileAt(p)
+		if err != nil {
+			s.log.Error("svid file sink: remove failed", "path", p, "err", err)
+			continue
+		}
+		delete(s.written, p)
+		removed = removed || gone
+	}
+	if !removed {
+		return
+	}
+	s.log.Warn("svid file sink: identity revoked; files removed", append([]any{"what", what}, logAttrs...)...)
+	s.runAction(ctx, EventRevoked)
 	s.writes.Add(1)
 }
 

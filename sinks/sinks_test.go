@@ -35,8 +35,11 @@ func TestValidate(t *testing.T) {
 		{"jwt audience", SVIDFiles{JWTSVIDs: []JWTFile{{Path: "/a/t"}}}, "jwt_svids", "audience is required"},
 		{"bad mode", SVIDFiles{X509Bundle: "/b", Mode: "0999"}, "mode", "octal"},
 		{"signal without target", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{Signal: "HUP"}}, "on_rotate", "needs pid_file or unit"},
-		{"unknown signal", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{Signal: "BOGUS", PIDFile: "/p"}}, "on_rotate", "unknown signal"},
+		{"unknown signal", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{Signal: "BOGUS", PIDFile: "/p", Binary: "/x"}}, "on_rotate", "unknown signal"},
 		{"pid file without signal", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{PIDFile: "/p"}}, "on_rotate", "need signal"},
+		{"pid file without binary", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{Signal: "HUP", PIDFile: "/p"}}, "on_rotate", "needs binary"},
+		{"relative binary", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{Signal: "HUP", PIDFile: "/p", Binary: "nginx"}}, "on_rotate", "absolute"},
+		{"binary without pid file", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{Signal: "HUP", Unit: "x.service", Binary: "/x"}}, "on_rotate", "goes with pid_file"},
 		{"bad timeout", SVIDFiles{X509Bundle: "/b", OnRotate: OnRotate{Command: []string{"true"}, Timeout: "soon"}}, "on_rotate", "duration"},
 	}
 	for _, tt := range tests {
@@ -125,14 +128,14 @@ func TestSignalThroughPIDFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	pidFile := filepath.Join(dir, "app.pid")
-	if err := signalPIDFile(pidFile, syscall.SIGHUP); !errors.Is(err, errNotRunning) {
+	if err := signalPIDFile(pidFile, "/bin/sh", syscall.SIGHUP); !errors.Is(err, errNotRunning) {
 		t.Fatalf("missing pid file: %v, want errNotRunning", err)
 	}
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := newSink(t, SVIDFiles{X509Bundle: filepath.Join(dir, "b.pem"), OnRotate: OnRotate{Signal: "SIGHUP", PIDFile: pidFile}})
-	s.runAction(context.Background())
+	s := newSink(t, SVIDFiles{X509Bundle: filepath.Join(dir, "b.pem"), OnRotate: OnRotate{Signal: "SIGHUP", PIDFile: pidFile, Binary: "/bin/sh"}})
+	s.runAction(context.Background(), EventRotate)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if b, _ := os.ReadFile(got); strings.TrimSpace(string(b)) == "HUP" {
@@ -146,7 +149,7 @@ func TestSignalThroughPIDFile(t *testing.T) {
 	if err := os.WriteFile(pidFile, []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := signalPIDFile(pidFile, syscall.SIGHUP); err == nil || errors.Is(err, errNotRunning) {
+	if err := signalPIDFile(pidFile, "/bin/sh", syscall.SIGHUP); err == nil || errors.Is(err, errNotRunning) {
 		t.Fatalf("garbage pid file: %v", err)
 	}
 }

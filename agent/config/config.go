@@ -50,6 +50,10 @@ type Agent struct {
 	// AdminListen is the host:port of /healthz, /readyz and /metrics; empty
 	// disables the admin listener.
 	AdminListen string
+	// AdminListenPublic allows an AdminListen that is not a loopback
+	// address (admin_listen_public: true); without it such an address is
+	// a config error.
+	AdminListenPublic bool
 	// JWTIssuer, when set, is the "iss" of JWT-SVIDs and the issuer of the
 	// OIDC discovery document on the admin listener.
 	JWTIssuer string

@@ -25,7 +25,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 	if err != nil {
 		return nil, err
 	}
-	var entriesNode, tdNode, entriesFileNode, caNode *yaml.Node
+	var entriesNode, tdNode, entriesFileNode, caNode, adminNode *yaml.Node
 	if m != nil {
 		err = d.fields(m, "", map[string]func(v *yaml.Node) error{
 			"trust_domain": func(v *yaml.Node) error { tdNode = v; return d.str(v, "trust_domain", &cfg.TrustDomain) },
@@ -39,7 +39,10 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 				}
 				return nil
 			},
-			"admin_listen": func(v *yaml.Node) error { return d.adminListen(v, &cfg.AdminListen) },
+			"admin_listen": func(v *yaml.Node) error { adminNode = v; return d.adminListen(v, &cfg.AdminListen) },
+			"admin_listen_public": func(v *yaml.Node) error {
+				return d.boolean(v, "admin_listen_public", &cfg.AdminListenPublic)
+			},
 			"log_level": func(v *yaml.Node) error {
 				if err := d.str(v, "log_level", &cfg.LogLevel); err != nil {
 					return err
@@ -96,6 +99,9 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 		if err != nil {
 			return nil, err
 		}
+	}
+	if err := d.checkAdminPublic(adminNode, cfg); err != nil {
+		return nil, err
 	}
 	if cfg.CA.Key == "tpm" && cfg.TPM == nil {
 		return nil, d.errf(caNode, "ca.key", "key: tpm needs a tpm section (device or address)")

@@ -31,7 +31,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errConfig, err)
 	}
 	if *logLevel != "" {
 		cfg.LogLevel = *logLevel
@@ -41,6 +41,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return fmt.Errorf("%w: log level %q", errUsage, cfg.LogLevel)
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	survivePipes(ctx, log)
 	if cfg.MaxProcs > 0 {
 		runtime.GOMAXPROCS(cfg.MaxProcs)
 	}
@@ -102,7 +103,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	// agent's own binary and uid need a registration entry.
 	b, err := embeddedBroker(cfg, log)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errConfig, err)
 	}
 	a.AttachStatus(func() any { return b.Status() })
 	bl, err := takeSocket(socks, systemd.BrokerSocket, "", log)

@@ -26,11 +26,12 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	cfg, err := broker.LoadConfig(*cfgPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errConfig, err)
 	}
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	survivePipes(ctx, log)
 	socks, err := systemd.Activated()
 	if err != nil {
 		return err

@@ -23,6 +23,14 @@ var (
 // errUsage marks a command-line mistake (exit code 2).
 var errUsage = errors.New("usage")
 
+// errConfig marks a daemon's config file that does not load (exit code
+// exitConfig), so that a unit can restart on every other exit
+// (RestartPreventExitStatus=78) without looping on a config mistake.
+var errConfig = errors.New("config")
+
+// exitConfig is the exit code of a config error: EX_CONFIG of sysexits.h.
+const exitConfig = 78
+
 type command struct {
 	name  string
 	usage string
@@ -86,6 +94,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case errors.Is(err, errUsage):
 			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
 			return 2
+		case errors.Is(err, errConfig):
+			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
+			return exitConfig
 		default:
 			fmt.Fprintf(stderr, "nodeward %s: %v\n", c.name, err)
 			return 1
@@ -103,12 +114,32 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, turning flag errors into errUsage.
+// parseFlags parses args, turning flag errors into errUsage. Flags may come
+// before, between or after positional arguments (`entries check FILE
+// --trust-domain TD`); "--" ends the flags, and everything after it is
+// positional. fs.Args() then holds the positional arguments in order.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return fmt.Errorf("%w: %v", errUsage, err)
 		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			pos = append(pos, rest...) // Parse stopped at "--"
+			break
+		}
+		pos = append(pos, rest[0]) // a positional argument; flags may follow
+		args = rest[1:]
+	}
+	// Leave exactly the positional arguments in fs.Args().
+	if err := fs.Parse(append([]string{"--"}, pos...)); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	return nil

@@ -286,7 +286,7 @@ broker:
 		t.Fatal(err)
 	}
 	_, errOut, code = testutil.Run(t, bin, nil, "agent", "--config", bad)
-	if code != 1 || !strings.Contains(errOut, "bad.yaml:7: upstreams[0].grant") {
+	if code != 78 || !strings.Contains(errOut, "bad.yaml:7: upstreams[0].grant") {
 		t.Fatalf("bad broker section: %d %s", code, errOut)
 	}
 }

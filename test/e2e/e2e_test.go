@@ -131,7 +131,7 @@ func TestAgentRejectsUnknownConfigKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, errOut, code := testutil.Run(t, bin, nil, "agent", "--config", p)
-	if code != 1 || !strings.Contains(errOut, "agent.yaml:2") || !strings.Contains(errOut, "trust_domian") {
+	if code != 78 || !strings.Contains(errOut, "agent.yaml:2") || !strings.Contains(errOut, "trust_domian") {
 		t.Fatalf("unknown key: code %d, stderr %q; want file:line and key named", code, errOut)
 	}
 }

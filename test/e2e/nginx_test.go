@@ -65,9 +65,10 @@ svid_files:
     on_rotate:
       signal: HUP
       pid_file: %s
+      binary: %s
   - jwt_svids: [{audience: reports, path: %s/jwt/reports.token}]
     jwt_bundle: %s/jwt/bundle.jwks
-`, sock, dir, tlsDir, tlsDir, tlsDir, pidFile, dir, dir)), 0o644)
+`, sock, dir, tlsDir, tlsDir, tlsDir, pidFile, nginxPath, dir, dir)), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ package packaging_test
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -329,5 +330,34 @@ func TestDebPackage(t *testing.T) {
 	}
 	if file, err := exec.Command("ldd", filepath.Join(x, "usr/bin/nodeward")).CombinedOutput(); err == nil && !strings.Contains(string(file), "not a dynamic executable") {
 		t.Errorf("packaged binary is dynamically linked: %s", file)
+	}
+}
+
+// TestUnitsRestartAfterAnyExit (issue 11, item 14): the daemons come back
+// after any exit but a deliberate stop — SIGPIPE, which Restart=on-failure
+// counts as clean, included — except a config error (exit 78, which the
+// binary uses for a config file that does not load), and never give up.
+func TestUnitsRestartAfterAnyExit(t *testing.T) {
+	for _, name := range []string{"nodeward-agent.service", "nodeward-broker@.service"} {
+		data, err := os.ReadFile(filepath.Join(root(t), "packaging/systemd", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"Restart=always", "RestartPreventExitStatus=78", "StartLimitIntervalSec=0"} {
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want) + `$`).Match(data) {
+				t.Errorf("%s: no %s", name, want)
+			}
+		}
+	}
+	cfg := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(cfg, []byte("trust_domian: typo\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"agent", "broker"} {
+		err := exec.Command(bin, sub, "--config", cfg).Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 78 {
+			t.Errorf("%s with a bad config: %v, want exit 78 (RestartPreventExitStatus)", sub, err)
+		}
 	}
 }
