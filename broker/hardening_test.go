@@ -108,7 +108,9 @@ func TestLimiterKeysPerCaller(t *testing.T) {
 	ok := sourceFunc(func(context.Context, Key) (*Token, error) { return &Token{}, nil })
 	var limited []string
 	l := newLimiter(ok, LimitsConfig{UpstreamCallsPerSecond: 1000, Burst: 1000, KeysPerCaller: 2}, func(kind string) { limited = append(limited, kind) })
-	as := func(uid uint32) context.Context { return context.WithValue(context.Background(), callerKey{}, &caller{uid: uid}) }
+	as := func(uid uint32) context.Context {
+		return context.WithValue(context.Background(), callerKey{}, &caller{uid: uid})
+	}
 	k := func(aud string) Key { return Key{Upstream: "corp", Audience: aud} }
 	for _, aud := range []string{"a", "b", "a"} {
 		if _, err := l.Token(as(1000), k(aud)); err != nil {
