@@ -166,3 +166,41 @@ func TestIdPErrorsSanitized(t *testing.T) {
 		t.Fatalf("caller saw %d %v", code, body)
 	}
 }
+
+// Issue 11 item 23: cancelling Serve's context ends every goroutine the
+// broker started (listeners, refreshes, token file loops, the identity
+// watch), even while the agent cannot be reached.
+func TestServeEndsItsGoroutinesOnCancel(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	yaml := "workload_socket: unix://" + dir + "/no-agent.sock\nlisten: " + dir + "/b.sock\nlisten_tcp: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\naudit_log: off\n" +
+		"upstreams:\n  - name: corp\n    token_endpoint: http://127.0.0.1:1/token\n    grant: jwt-bearer\n" +
+		"sinks:\n  - upstream: corp\n    path: " + dir + "/token\n    on_rotate:\n      command: [/bin/true]\n"
+	cfg, err := ParseConfig("broker.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Serve(ctx, nil) }()
+	select {
+	case <-b.Serving():
+	case err := <-done:
+		t.Fatalf("Serve: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not serving")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+}
