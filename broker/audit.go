@@ -6,11 +6,21 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/nodeward/nodeward/workloadapi/audit"
 )
+
+// ReopenAudit reopens a file audit_log after log rotation moved it (SIGUSR1);
+// when the path fails the checks, the old file is kept and the error says why.
+func (b *Broker) ReopenAudit() error {
+	if err := b.audit.Reopen(); err != nil {
+		return fmt.Errorf("broker audit_log: %w", err)
+	}
+	return nil
+}
 
 // auditLog writes one audit record; a lost one is counted by the audit
 // Logger's hooks and logged here (without the record's content).

@@ -190,6 +190,22 @@ func TestBrokerAuditTrail(t *testing.T) {
 	if strings.Contains(string(raw), first.AccessToken) || strings.Contains(string(raw), "eyJ") {
 		t.Fatal("the audit trail holds a token or an assertion")
 	}
+	// Log rotation: SIGUSR1 reopens the file.
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	_ = e.Broker.Cmd.Process.Signal(syscall.SIGUSR1)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		e.Token(t, "upstream=corp&audience=api&scope=read")
+		if _, err := os.Stat(path); err == nil && len(readAudit(t, path)) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGUSR1 did not reopen the audit log\nbroker log:\n%s", e.Broker.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // metricsText returns the broker's /metrics.
