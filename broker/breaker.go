@@ -13,6 +13,7 @@ import (
 type BreakerConfig struct {
 	ConsecutiveFailures uint32        // retryable failures in a row that open it (default 5)
 	OpenTimeout         time.Duration // how long it stays open before a probe (default 30s)
+	MaxRetryAfter       time.Duration // cap of an IdP's Retry-After (default 60s)
 	// OnStateChange hears transitions ("closed", "open", "half-open").
 	OnStateChange func(upstream, from, to string)
 }
@@ -27,6 +28,7 @@ type Breaker struct {
 	next    Source
 	cb      *gobreaker.CircuitBreaker[*Token]
 	timeout time.Duration
+	maxWait time.Duration
 	clock   func() time.Time
 
 	mu       sync.Mutex
@@ -42,10 +44,13 @@ func NewBreaker(name string, next Source, cfg BreakerConfig, clock func() time.T
 	if cfg.OpenTimeout <= 0 {
 		cfg.OpenTimeout = 30 * time.Second
 	}
-	if clock == nil {
-		clock = time.Now
+	if cfg.MaxRetryAfter <= 0 {
+		cfg.MaxRetryAfter = DefaultMaxRetryAfter
 	}
-	b := &Breaker{name: name, next: next, timeout: cfg.OpenTimeout, clock: clock}
+	if clock == nil {
+		clock = wallClock
+	}
+	b := &Breaker{name: name, next: next, timeout: cfg.OpenTimeout, maxWait: cfg.MaxRetryAfter, clock: clock}
 	b.cb = gobreaker.NewCircuitBreaker[*Token](gobreaker.Settings{
 		Name:        name,
 		MaxRequests: 1,
@@ -88,7 +93,7 @@ func (b *Breaker) Token(ctx context.Context, k Key) (*Token, error) {
 		b.mu.Unlock()
 		return nil, &UnavailableError{RetryAfter: max(left, time.Second), Reason: "circuit breaker for upstream " + b.name + " is open"}
 	case err != nil:
-		if ra := retryAfter(err); ra > 0 {
+		if ra := min(retryAfter(err), b.maxWait); ra > 0 {
 			b.mu.Lock()
 			if t := now.Add(ra); t.After(b.notUntil) {
 				b.notUntil = t

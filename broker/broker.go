@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/sinks"
+	"github.com/nodeward/nodeward/workloadapi/audit"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
@@ -40,10 +41,20 @@ type Broker struct {
 	sinkFor   sync.Map // Key -> *sink
 	metrics   *Metrics
 	registry  *prometheus.Registry
+	audit     *audit.Logger
+	limiter   *limiter
+	clock     func() time.Time
+
+	// wg tracks the goroutines Serve starts outside its errgroup (sinks,
+	// on_rotate actions): Serve returns only once they have ended.
+	wg sync.WaitGroup
 
 	mu          sync.Mutex
 	addrs       []string
+	tcpAddrs    []string
 	metricsAddr string
+	runCtx      context.Context // Serve's context (nil before Serve)
+	sinkWake    chan struct{}   // closed and replaced when the identity changes
 
 	readyCh chan struct{} // closed once Serve serves
 	ready   sync.Once
@@ -128,12 +139,23 @@ func (w identityWatcher) OnX509ContextWatchError(err error) {
 }
 
 // setIdentity records the broker's current SPIFFE ID and purges tokens of
-// any other.
+// any other; the token files of those tokens are removed (their tokens
+// can no longer be refreshed, and the identity they stood for is gone).
 func (b *Broker) setIdentity(id string) {
 	old, _ := b.svids.id.Load().(string)
 	b.svids.id.Store(id)
 	if n := b.cache.Purge(func(k Key) bool { return k.SPIFFEID != id }); n > 0 || old != id {
 		b.log.Info("broker identity changed; tokens of the old identity dropped", "from", old, "to", id, "dropped", n)
+	}
+	b.sinkFor.Range(func(k, v any) bool {
+		if k.(Key).SPIFFEID != id {
+			b.sinkFor.Delete(k)
+			v.(*sink).remove()
+		}
+		return true
+	})
+	if id != "" && old != id {
+		b.sinksWake()
 	}
 }
 
@@ -169,8 +191,27 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		}
 		return float64(b.cache.Len())
 	})
+	b.clock = cfg.clock
+	if b.clock == nil {
+		b.clock = wallClock
+	}
+	al, err := audit.Open(cfg.AuditLog)
+	if err != nil {
+		return nil, fmt.Errorf("broker audit_log: %w", err)
+	}
+	al.SetHooks(audit.Hooks{Lost: b.metrics.AuditLost.Inc, Dropped: b.metrics.AuditDropped.Inc})
+	b.audit = al
+	cc := cfg.CacheConfig()
+	cc.Clock = b.clock
+	margin := cc.SafetyMargin
+	if margin <= 0 {
+		margin = 10 * time.Second
+	}
 	for _, uf := range cfg.Upstreams {
-		u, err := NewUpstream(uf.config(), b.svids, nil)
+		ucfg := uf.config()
+		ucfg.MinLifetime = margin
+		ucfg.MaxRetryAfter = time.Duration(cfg.Breaker.MaxRetryAfter)
+		u, err := NewUpstream(ucfg, b.svids, b.clock)
 		if err != nil {
 			return nil, err
 		}
@@ -179,11 +220,13 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		b.breakers[u.Name()] = NewBreaker(u.Name(), u, BreakerConfig{
 			ConsecutiveFailures: cfg.Breaker.ConsecutiveFailures,
 			OpenTimeout:         time.Duration(cfg.Breaker.OpenTimeout),
+			MaxRetryAfter:       time.Duration(cfg.Breaker.MaxRetryAfter),
 			OnStateChange: func(upstream, from, to string) {
 				b.metrics.BreakerState.WithLabelValues(upstream).Set(breakerValue(to))
 				log.Warn("circuit breaker changed state", "upstream", upstream, "from", from, "to", to)
+				b.auditLog(audit.Record{Event: "breaker", Reason: from + "->" + to, Upstream: upstream, Endpoint: u.cfg.TokenEndpoint})
 			},
-		}, nil)
+		}, b.clock)
 	}
 	for _, sf := range cfg.SVIDFiles {
 		s, err := sinks.New(sf, log.With("component", "svid_files"))
@@ -198,7 +241,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &sink{key: sinkKey(sf, b.upstreams[sf.Upstream].Scopes()), path: sf.Path, mode: mode, uid: -1, gid: -1, log: log, action: action}
+		s := &sink{key: sinkKey(sf, b.upstreams[sf.Upstream].Scopes()), path: sf.Path, mode: mode, uid: -1, gid: -1, log: log, action: action, run: b.runAction}
 		if sf.Owner != nil {
 			s.uid = *sf.Owner
 		}
@@ -207,7 +250,6 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		}
 		b.sinks = append(b.sinks, s)
 	}
-	cc := cfg.CacheConfig()
 	cc.OnStore = func(k Key, tok *Token) {
 		if s, ok := b.sinkFor.Load(k); ok {
 			s.(*sink).write(tok)
@@ -221,22 +263,32 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 			b.metrics.CacheMisses.Inc()
 		}
 	}
-	cc.OnEvict = func(Key) { b.metrics.Evictions.Inc() }
+	cc.OnEvict = func(k Key) {
+		b.metrics.Evictions.Inc()
+		b.limiter.forget(k)
+	}
 	cc.OnRefresh = func(k Key, err error) {
 		result := "ok"
 		if err != nil {
 			result = "error"
 		}
 		b.metrics.Refreshes.WithLabelValues(result).Inc()
+		rec := audit.Record{Event: "token_refresh", Kind: "token", Decision: "allow", Reason: "upstream"}
 		if err != nil {
 			log.Warn("token refresh failed; serving the cached token until it expires", "upstream", k.Upstream, "audience", k.Audience, "err", err)
+			rec.Decision, rec.Reason = "deny", errorReason(err)
+		} else {
+			tokenFields(&rec, b.cache.peek(k))
 		}
+		b.auditKey(&rec, k)
+		b.auditLog(rec)
 	}
 	rt := router{}
 	for name, br := range b.breakers {
 		rt[name] = instrumented{name: name, next: br, m: b.metrics}
 	}
-	c, err := NewCache(rt, cc)
+	b.limiter = newLimiter(rt, cfg.LimitsConfig(), func(kind string) { b.metrics.RateLimited.WithLabelValues(kind).Inc() })
+	c, err := NewCache(b.limiter, cc)
 	if err != nil {
 		return nil, err
 	}
@@ -252,14 +304,68 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		identity: func(ctx context.Context) (string, error) {
 			return b.svids.identity(ctx, b.upstreams[cfg.Upstreams[0].Name].cfg.SVIDAudience)
 		},
-		allowUIDs: cfg.AllowUIDs,
-		allowGIDs: cfg.AllowGIDs,
-		log:       log,
+		allowUIDs:  cfg.AllowUIDs,
+		allowGIDs:  cfg.AllowGIDs,
+		log:        log,
+		clock:      b.clock,
+		tcpHosts:   b.tcpHosts,
+		onDecision: b.auditDecision,
 		onRequest: func(upstream string, status int, _ time.Duration) {
 			b.metrics.Requests.WithLabelValues(upstream, strconv.Itoa(status)).Inc()
 		},
 	}
 	return b, nil
+}
+
+// tcpHosts returns the Host values accepted on the loopback TCP listener.
+func (b *Broker) tcpHosts() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.tcpAddrs
+}
+
+// running returns Serve's context (Background before Serve).
+func (b *Broker) running() context.Context {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.runCtx == nil {
+		return context.Background()
+	}
+	return b.runCtx
+}
+
+// runAction runs a sink's on_rotate action off the refresh path, on
+// Serve's context, tracked so that Serve waits for it.
+func (b *Broker) runAction(a *sinks.Action) {
+	ctx := b.running()
+	if ctx.Err() != nil {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		a.Run(ctx)
+	}()
+}
+
+// sinksWake wakes the token file loops (the identity changed).
+func (b *Broker) sinksWake() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sinkWake != nil {
+		close(b.sinkWake)
+	}
+	b.sinkWake = make(chan struct{})
+}
+
+// sinkWaiter returns a channel closed at the next identity change.
+func (b *Broker) sinkWaiter() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sinkWake == nil {
+		b.sinkWake = make(chan struct{})
+	}
+	return b.sinkWake
 }
 
 // Addrs returns the addresses the broker listens on, once it does.
@@ -276,6 +382,13 @@ func (b *Broker) Run(ctx context.Context) error { return b.Serve(ctx, nil) }
 // over by systemd socket activation); nil listens on the configured path.
 func (b *Broker) Serve(ctx context.Context, unixL net.Listener) error {
 	defer b.svids.close()
+	defer func() { _ = b.audit.Close() }()
+	ctx, cancel := context.WithCancel(ctx)
+	defer b.wg.Wait() // after cancel: sinks and on_rotate actions end with ctx
+	defer cancel()
+	b.mu.Lock()
+	b.runCtx = ctx
+	b.mu.Unlock()
 	var listeners []net.Listener
 	if unixL != nil {
 		listeners = append(listeners, unixL)
@@ -302,6 +415,9 @@ func (b *Broker) Serve(ctx context.Context, unixL net.Listener) error {
 	b.mu.Lock()
 	for _, l := range listeners {
 		b.addrs = append(b.addrs, l.Addr().String())
+		if _, ok := l.Addr().(*net.TCPAddr); ok {
+			b.tcpAddrs = append(b.tcpAddrs, tcpHostsFor(l.Addr().String())...)
+		}
 	}
 	b.mu.Unlock()
 	if b.cfg.MetricsListen != "" {
@@ -319,7 +435,8 @@ func (b *Broker) Serve(ctx context.Context, unixL net.Listener) error {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(b.registry, promhttp.HandlerOpts{}))
 		mux.HandleFunc("GET /v1/status", b.serveStatus)
 		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = msrv.Serve(ml) }()
+		b.wg.Add(1)
+		go func() { defer b.wg.Done(); _ = msrv.Serve(ml) }()
 		defer msrv.Close()
 	}
 	srv := &http.Server{Handler: b.api.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 5 * time.Second}

@@ -55,6 +55,9 @@ type Cache struct {
 	wake chan struct{}
 	wg   sync.WaitGroup
 	sem  chan struct{}
+
+	runMu  sync.Mutex
+	runCtx context.Context // Run's context: upstream calls end with it
 }
 
 // NewCache returns a Cache in front of next.
@@ -78,12 +81,12 @@ func NewCache(next Source, cfg CacheConfig) (*Cache, error) {
 		cfg.MaxBackoff = 5 * time.Minute
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = time.Now
+		cfg.Clock = wallClock
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Float64
 	}
-	c := &Cache{cfg: cfg, next: next, wake: make(chan struct{}, 1), sem: make(chan struct{}, 16)}
+	c := &Cache{cfg: cfg, next: next, wake: make(chan struct{}, 1), sem: make(chan struct{}, 16), runCtx: context.Background()}
 	l, err := lru.NewWithEvict[Key, *entry](cfg.MaxEntries, func(k Key, _ *entry) {
 		if cfg.OnEvict != nil {
 			cfg.OnEvict(k)
@@ -96,14 +99,18 @@ func NewCache(next Source, cfg CacheConfig) (*Cache, error) {
 	return c, nil
 }
 
-// usable reports whether tok may be served at now.
+// now reads the clock without a monotonic reading: expiry follows the wall
+// clock, which (unlike the monotonic one) keeps running through a suspend.
+func (c *Cache) now() time.Time { return c.cfg.Clock().Round(0) }
+
+// usable reports whether tok may be served at now (wall-clock times).
 func (c *Cache) usable(tok *Token, now time.Time) bool {
-	return tok != nil && now.Before(tok.ExpiresAt.Add(-c.cfg.SafetyMargin))
+	return tok != nil && now.Before(tok.ExpiresAt.Round(0).Add(-c.cfg.SafetyMargin))
 }
 
 // Token returns a cached token, or fetches one (once for concurrent callers).
 func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
-	now := c.cfg.Clock()
+	now := c.now()
 	if e, ok := c.lru.Get(k); ok {
 		e.mu.Lock()
 		tok := e.tok
@@ -113,6 +120,7 @@ func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
 			if c.cfg.OnLookup != nil {
 				c.cfg.OnLookup(true)
 			}
+			markHit(ctx)
 			return tok, nil
 		}
 		e.mu.Unlock()
@@ -125,12 +133,22 @@ func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
 
 // fetch asks the next source, coalescing concurrent calls for one key. The
 // upstream call is detached from a caller that gives up, so the others (and
-// the cache) still get its answer; the upstream's own timeout bounds it.
+// the cache) still get its answer; the upstream's own timeout bounds it, and
+// it ends with the cache's Run context.
 func (c *Cache) fetch(ctx context.Context, k Key) (*Token, error) {
 	ch := c.sf.DoChan(k.String(), func() (any, error) {
-		tok, err := c.next.Token(context.WithoutCancel(ctx), k)
+		uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancel()
+		stop := context.AfterFunc(c.running(), cancel)
+		defer stop()
+		tok, err := c.next.Token(uctx, k)
 		if err != nil {
 			return nil, err
+		}
+		if !c.usable(tok, c.now()) {
+			// Never cached: an upstream that answers such tokens would
+			// otherwise be asked again at once, in a loop.
+			return nil, &UpstreamError{Upstream: k.Upstream, Err: errShortLived}
 		}
 		c.store(k, tok)
 		return tok, nil
@@ -146,20 +164,33 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*Token, error) {
 	}
 }
 
+// running returns the context of Run (Background before Run).
+func (c *Cache) running() context.Context {
+	c.runMu.Lock()
+	defer c.runMu.Unlock()
+	return c.runCtx
+}
+
 func (c *Cache) store(k Key, tok *Token) {
-	now := c.cfg.Clock()
+	now := c.now()
 	e, ok := c.lru.Peek(k)
 	if !ok {
 		e = &entry{}
 	}
-	life := tok.ExpiresAt.Sub(tok.IssuedAt)
+	// The refresh moment is drawn from the window of the token's life; when
+	// that falls past its servable life (expiry minus the safety margin), from
+	// the window of the servable life, so short-lived tokens keep their
+	// jitter instead of all refreshing at the margin.
+	issued := tok.IssuedAt.Round(0)
+	servable := max(tok.ExpiresAt.Round(0).Add(-c.cfg.SafetyMargin).Sub(issued), 0)
 	lo, hi := c.cfg.RefreshWindow[0], c.cfg.RefreshWindow[1]
 	frac := lo + (hi-lo)*c.cfg.Rand()
+	life := tok.ExpiresAt.Round(0).Sub(issued)
 	e.mu.Lock()
 	e.tok = tok
-	e.refreshAt = tok.IssuedAt.Add(time.Duration(float64(life) * frac))
-	if latest := tok.ExpiresAt.Add(-c.cfg.SafetyMargin); e.refreshAt.After(latest) {
-		e.refreshAt = latest
+	e.refreshAt = issued.Add(time.Duration(float64(life) * frac))
+	if e.refreshAt.After(issued.Add(servable)) {
+		e.refreshAt = issued.Add(time.Duration(float64(servable) * frac))
 	}
 	e.failures = 0
 	e.nextTry = time.Time{}
@@ -183,7 +214,7 @@ func (c *Cache) store(k Key, tok *Token) {
 // come, drops keys idle for longer than IdleTimeout, and returns when the
 // next refresh is due (zero when nothing is cached).
 func (c *Cache) RefreshDue() time.Time {
-	now := c.cfg.Clock()
+	now := c.now()
 	var next time.Time
 	for _, k := range c.lru.Keys() {
 		e, ok := c.lru.Peek(k)
@@ -208,7 +239,7 @@ func (c *Cache) RefreshDue() time.Time {
 			e.inflight = true
 			e.mu.Unlock()
 			c.wg.Add(1)
-			go c.refresh(k, e)
+			go c.refresh(c.running(), k, e)
 			continue
 		}
 		e.mu.Unlock()
@@ -219,12 +250,19 @@ func (c *Cache) RefreshDue() time.Time {
 	return next
 }
 
-func (c *Cache) refresh(k Key, e *entry) {
+func (c *Cache) refresh(ctx context.Context, k Key, e *entry) {
 	defer c.wg.Done()
-	c.sem <- struct{}{}
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		e.mu.Lock()
+		e.inflight = false
+		e.mu.Unlock()
+		return
+	}
 	defer func() { <-c.sem }()
-	_, err := c.fetch(context.Background(), k)
-	now := c.cfg.Clock()
+	_, err := c.fetch(ctx, k)
+	now := c.now()
 	e.mu.Lock()
 	e.inflight = false
 	if err != nil {
@@ -253,6 +291,9 @@ func (c *Cache) wait() { c.wg.Wait() }
 
 // Run refreshes tokens in the background until ctx is done.
 func (c *Cache) Run(ctx context.Context) error {
+	c.runMu.Lock()
+	c.runCtx = ctx
+	c.runMu.Unlock()
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	defer c.wait()
@@ -261,7 +302,7 @@ func (c *Cache) Run(ctx context.Context) error {
 		// Wake at the next refresh, and at least every 5 s to age out idle keys.
 		d := 5 * time.Second
 		if !next.IsZero() {
-			d = min(d, max(next.Sub(c.cfg.Clock()), 10*time.Millisecond))
+			d = min(d, max(next.Sub(c.now()), 10*time.Millisecond))
 		}
 		t.Reset(d)
 		select {
@@ -277,6 +318,17 @@ func (c *Cache) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// peek returns the token cached for k (nil: none), without touching the LRU.
+func (c *Cache) peek(k Key) *Token {
+	e, ok := c.lru.Peek(k)
+	if !ok {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tok
 }
 
 // Len returns the number of cached keys.

@@ -33,8 +33,22 @@ type Config struct {
 	// service next to it (spiffe-helper built in).
 	SVIDFiles     []sinks.SVIDFiles `yaml:"svid_files"`
 	MetricsListen string            `yaml:"metrics_listen"` // loopback address for /metrics; empty: none
-	LogLevel      string            `yaml:"log_level"`
-	AuditLog      string            `yaml:"audit_log"`
+	// MetricsListenPublic allows a non-loopback metrics_listen (it serves
+	// /v1/status, which names the broker's identity and upstreams).
+	MetricsListenPublic bool       `yaml:"metrics_listen_public"`
+	LogLevel            string     `yaml:"log_level"`
+	AuditLog            string     `yaml:"audit_log"` // stdout (default), stderr, off or a file path
+	Limits              LimitsFile `yaml:"limits"`
+
+	clock func() time.Time // tests: the wall clock of every expiry decision
+}
+
+// LimitsFile is the limits section: what one caller uid may make the broker
+// ask of the IdPs.
+type LimitsFile struct {
+	UpstreamCallsPerSecond float64 `yaml:"upstream_calls_per_second"`
+	Burst                  int     `yaml:"burst"`
+	KeysPerCaller          int     `yaml:"keys_per_caller"`
 }
 
 // UpstreamFile is one upstream as configured.
@@ -47,6 +61,9 @@ type UpstreamFile struct {
 	Scopes        []string `yaml:"scopes"`
 	CAFile        string   `yaml:"ca_file"`
 	Timeout       Duration `yaml:"timeout"`
+	// TokenTypes are the token_type values accepted from the IdP
+	// (case-insensitive); default [Bearer].
+	TokenTypes []string `yaml:"token_types"`
 }
 
 // CacheFile is the cache section.
@@ -61,6 +78,7 @@ type CacheFile struct {
 type BreakerFile struct {
 	ConsecutiveFailures uint32   `yaml:"consecutive_failures"`
 	OpenTimeout         Duration `yaml:"open_timeout"`
+	MaxRetryAfter       Duration `yaml:"max_retry_after"` // cap of an IdP's Retry-After; default 60s
 }
 
 // Duration is a time.Duration written as "30s" in YAML.
@@ -184,9 +202,23 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 	}
 	if c.MetricsListen != "" {
 		host, _, err := net.SplitHostPort(c.MetricsListen)
-		if ip := net.ParseIP(host); err != nil || ip == nil {
+		ip := net.ParseIP(host)
+		if err != nil || ip == nil {
 			return bad(lineOf(root, "metrics_listen"), "metrics_listen", "want host:port, got %q", c.MetricsListen)
 		}
+		if !ip.IsLoopback() && !c.MetricsListenPublic {
+			return bad(lineOf(root, "metrics_listen"), "metrics_listen", "%q is not a loopback address: /v1/status there names the broker's identity and upstreams; set metrics_listen_public: true to serve it anyway", c.MetricsListen)
+		}
+	}
+	if l := c.Limits; l.UpstreamCallsPerSecond < 0 || l.Burst < 0 || l.KeysPerCaller < 0 {
+		key := "upstream_calls_per_second"
+		switch {
+		case l.Burst < 0:
+			key = "burst"
+		case l.KeysPerCaller < 0:
+			key = "keys_per_caller"
+		}
+		return bad(lineOf(root, "limits", key), "limits."+key, "must not be negative")
 	}
 	if len(c.Upstreams) == 0 && len(c.SVIDFiles) == 0 {
 		return bad(lineOf(root, "upstreams"), "upstreams", "at least one upstream (or svid_files entry) is required")
@@ -216,6 +248,11 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 				key = "ca_file"
 			}
 			return bad(lineOf(root, "upstreams", i, key), field+"."+key, "%v", err)
+		}
+		for j, tt := range u.TokenTypes {
+			if tt == "" || strings.ContainsAny(tt, " \t\r\n") {
+				return bad(lineOf(root, "upstreams", i, "token_types", j), fmt.Sprintf("%s.token_types[%d]", field, j), "want a token type such as Bearer, got %q", tt)
+			}
 		}
 	}
 	for i, sf := range c.Sinks {
@@ -269,7 +306,12 @@ func fieldPath(err error, path []any, field string) ([]any, string) {
 
 func (u UpstreamFile) config() UpstreamConfig {
 	return UpstreamConfig{Name: u.Name, TokenEndpoint: u.TokenEndpoint, Grant: u.Grant, ClientID: u.ClientID,
-		SVIDAudience: u.SVIDAudience, Scopes: u.Scopes, CAFile: u.CAFile, Timeout: time.Duration(u.Timeout)}
+		SVIDAudience: u.SVIDAudience, Scopes: u.Scopes, CAFile: u.CAFile, Timeout: time.Duration(u.Timeout), TokenTypes: u.TokenTypes}
+}
+
+// LimitsConfig returns the per-caller limits.
+func (c *Config) LimitsConfig() LimitsConfig {
+	return LimitsConfig{UpstreamCallsPerSecond: c.Limits.UpstreamCallsPerSecond, Burst: c.Limits.Burst, KeysPerCaller: c.Limits.KeysPerCaller}
 }
 
 // CacheConfig returns the cache settings.

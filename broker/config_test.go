@@ -53,6 +53,21 @@ func TestParseConfig(t *testing.T) {
 		{"token sink on_rotate", "listen: /run/x.sock\nupstreams:\n  - name: corp\n    token_endpoint: https://idp/token\n    grant: jwt-bearer\nsinks:\n  - upstream: corp\n    path: /run/t\n    on_rotate:\n      signal: HUP\n",
 			`broker.yaml:10: sinks[0].on_rotate.signal: signal needs pid_file or unit`},
 		{"svid_files unknown key", "listen: /run/x.sock\nsvid_files:\n  - x509_bundel: /b.pem\n", `broker.yaml:3: unknown key "x509_bundel"`},
+		{"public metrics without opt-in", goodConfig + "metrics_listen: 0.0.0.0:9465\n", `broker.yaml:21: metrics_listen: "0.0.0.0:9465" is not a loopback address`},
+		{"negative limit", goodConfig + "limits:\n  burst: -1\n", `broker.yaml:22: limits.burst: must not be negative`},
+		{"unknown limits key", goodConfig + "limits:\n  bursts: 1\n", `broker.yaml:22: unknown key "bursts"`},
+		{"empty token type", strings.Replace(goodConfig, "    timeout: 5s\n", "    timeout: 5s\n    token_types: [Bearer, \"\"]\n", 1), `broker.yaml:14: upstreams[0].token_types[1]: want a token type`},
+		{"bare max_retry_after", goodConfig + "  max_retry_after: 60\n", `broker.yaml:21: invalid duration "60"`},
+	}
+	// The keys of issue 11's broker items.
+	cfg, err = ParseConfig("broker.yaml", []byte(strings.Replace(goodConfig, "    timeout: 5s\n", "    timeout: 5s\n    token_types: [Bearer, DPoP]\n", 1)+
+		"  max_retry_after: 20s\nmetrics_listen: 0.0.0.0:9465\nmetrics_listen_public: true\nlimits:\n  upstream_calls_per_second: 2.5\n  burst: 10\n  keys_per_caller: 100\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(cfg.Breaker.MaxRetryAfter) != 20*time.Second || cfg.LimitsConfig() != (LimitsConfig{UpstreamCallsPerSecond: 2.5, Burst: 10, KeysPerCaller: 100}) ||
+		len(cfg.Upstreams[0].config().TokenTypes) != 2 || !cfg.MetricsListenPublic {
+		t.Errorf("new keys: %+v", cfg)
 	}
 	if _, err := ParseConfig("broker.yaml", []byte("listen: /run/x.sock\nsvid_files:\n  - x509_bundle: /b.pem\n")); err != nil {
 		t.Errorf("a broker with only svid_files (spiffe-helper mode): %v", err)

@@ -12,15 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
 // RequestHeader must be "true" on every API request: a browser or an
 // SSRF-driven fetch cannot add it.
 const RequestHeader = "Nodeward-Request"
-
-type peerKey struct{}
 
 // API is the broker's HTTP front: GET /v1/token.
 type API struct {
@@ -30,6 +26,25 @@ type API struct {
 	allowGIDs []uint32
 	log       *slog.Logger
 	onRequest func(upstream string, status int, d time.Duration)
+	// tcpHosts returns the Host values accepted on loopback TCP (the
+	// listen address, and localhost with its port); a request naming any
+	// other host is refused (DNS rebinding).
+	tcpHosts func() []string
+	// clock is the wall clock (no monotonic reading) for expires_in.
+	clock func() time.Time
+	// onDecision hears every token decision (audit trail).
+	onDecision func(d *decision)
+}
+
+// decision is the outcome of one token request, for the audit trail.
+type decision struct {
+	caller   *caller
+	status   int
+	reason   string // closed set: cache, upstream, or why it was refused
+	key      Key
+	keyKnown bool
+	tok      *Token
+	start    time.Time
 }
 
 type tokenResponse struct {
@@ -50,92 +65,99 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func (a *API) fail(w http.ResponseWriter, status int, code, desc string) {
+// fail answers an error; desc must come from a closed set of the broker's
+// own messages, never from the IdP or the caller.
+func (a *API) fail(w http.ResponseWriter, d *decision, status int, code, desc, reason string) {
+	d.status, d.reason = status, reason
 	writeJSON(w, status, errorResponse{Error: code, Description: desc})
 }
 
-// Handler returns the HTTP handler. Unix-socket connections carry peer
-// credentials in the request context (see ConnContext).
+// Handler returns the HTTP handler. Connections carry their caller in the
+// request context (see ConnContext).
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/token", a.serveToken)
 	return mux
 }
 
-// ConnContext attaches the peer credentials of Unix connections.
-func ConnContext(ctx context.Context, c net.Conn) context.Context {
-	if uc, ok := c.(*net.UnixConn); ok {
-		if info, err := peercred.Get(uc); err == nil {
-			_ = info.Close() // only uid/gid are needed, not the pidfd
-			return context.WithValue(ctx, peerKey{}, info)
-		}
-		return context.WithValue(ctx, peerKey{}, (*peercred.Info)(nil))
-	}
-	return ctx
-}
-
-func (a *API) allowed(r *http.Request) bool {
-	v := r.Context().Value(peerKey{})
-	if v == nil {
-		return true // loopback TCP (listen_tcp): no peer credentials to check
-	}
-	info, _ := v.(*peercred.Info)
-	if info == nil {
-		return false
+func (a *API) allowed(c *caller) bool {
+	if c == nil {
+		return false // not attributable: refused
 	}
 	if len(a.allowUIDs) == 0 && len(a.allowGIDs) == 0 {
-		return info.UID == uint32(getuid()) // default: the broker's own user only
+		return c.uid == uint32(getuid()) // default: the broker's own user only
 	}
-	return slices.Contains(a.allowUIDs, info.UID) || slices.Contains(a.allowGIDs, info.GID)
+	return slices.Contains(a.allowUIDs, c.uid) || c.inGroups(a.allowGIDs)
+}
+
+// hostAllowed reports whether a loopback TCP request names the broker's
+// own address (or localhost with its port) as Host.
+func (a *API) hostAllowed(host string) bool {
+	if a.tcpHosts == nil {
+		return false
+	}
+	return slices.Contains(a.tcpHosts(), strings.ToLower(host))
+}
+
+// tcpHostsFor returns the Host values accepted for a listener bound to addr.
+func tcpHostsFor(addr string) []string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	return []string{net.JoinHostPort(host, port), "localhost:" + port}
+}
+
+func (a *API) now() time.Time {
+	if a.clock != nil {
+		return a.clock()
+	}
+	return time.Now().Round(0)
 }
 
 func (a *API) serveToken(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	a.token(sw, r)
+	d := &decision{caller: callerOf(r.Context()), status: http.StatusOK, start: time.Now()}
+	a.token(w, r, d)
+	if a.onDecision != nil {
+		a.onDecision(d)
+	}
 	if a.onRequest != nil {
 		upstream := r.URL.Query().Get("upstream")
 		if _, _, ok := a.tokens(upstream); !ok {
 			upstream = "unknown" // never a caller-chosen label value
 		}
-		a.onRequest(upstream, sw.status, time.Since(start))
+		a.onRequest(upstream, d.status, time.Since(d.start))
 	}
 }
 
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	s.status = code
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (a *API) token(w http.ResponseWriter, r *http.Request) {
+func (a *API) token(w http.ResponseWriter, r *http.Request, d *decision) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
-		a.fail(w, http.StatusMethodNotAllowed, "invalid_request", "use GET")
+		a.fail(w, d, http.StatusMethodNotAllowed, "invalid_request", "use GET", "bad_request")
 		return
 	}
 	if r.Header.Get(RequestHeader) != "true" {
-		a.fail(w, http.StatusBadRequest, "invalid_request", "the "+RequestHeader+": true header is required")
+		a.fail(w, d, http.StatusBadRequest, "invalid_request", "the "+RequestHeader+": true header is required", "bad_request")
 		return
 	}
-	if !a.allowed(r) {
-		a.fail(w, http.StatusForbidden, "access_denied", "this caller may not use the broker")
+	if d.caller != nil && d.caller.tcp && !a.hostAllowed(r.Host) {
+		a.fail(w, d, http.StatusMisdirectedRequest, "invalid_request", "the Host header does not name this broker", "misdirected_host")
+		return
+	}
+	if !a.allowed(d.caller) {
+		a.fail(w, d, http.StatusForbidden, "access_denied", "this caller may not use the broker", "caller_not_allowed")
 		return
 	}
 	q := r.URL.Query()
 	name := q.Get("upstream")
 	src, defScopes, ok := a.tokens(name)
 	if !ok {
-		a.fail(w, http.StatusBadRequest, "invalid_request", "unknown upstream "+strconv.Quote(truncate(name, 64)))
+		a.fail(w, d, http.StatusBadRequest, "invalid_request", "unknown upstream "+strconv.Quote(truncate(name, 64)), "bad_request")
 		return
 	}
 	aud := q.Get("audience")
 	if len(aud) > 1024 {
-		a.fail(w, http.StatusBadRequest, "invalid_request", "audience longer than 1024 bytes")
+		a.fail(w, d, http.StatusBadRequest, "invalid_request", "audience longer than 1024 bytes", "bad_request")
 		return
 	}
 	var scopes []string
@@ -146,7 +168,7 @@ func (a *API) token(w http.ResponseWriter, r *http.Request) {
 		scopes = slices.Clone(defScopes)
 	}
 	if len(scopes) > 64 {
-		a.fail(w, http.StatusBadRequest, "invalid_request", "too many scopes")
+		a.fail(w, d, http.StatusBadRequest, "invalid_request", "too many scopes", "bad_request")
 		return
 	}
 	slices.Sort(scopes)
@@ -154,42 +176,93 @@ func (a *API) token(w http.ResponseWriter, r *http.Request) {
 	id, err := a.identity(r.Context())
 	if err != nil {
 		w.Header().Set("Retry-After", "1")
-		a.fail(w, http.StatusServiceUnavailable, "temporarily_unavailable", "no identity from the nodeward agent yet")
+		a.fail(w, d, http.StatusServiceUnavailable, "temporarily_unavailable", "no identity from the nodeward agent yet", "no_identity")
 		a.log.Warn("no JWT-SVID from the agent", "err", err)
 		return
 	}
 	k := Key{Upstream: name, SPIFFEID: id, Audience: aud, Scopes: strings.Join(scopes, " ")}
-	tok, err := src.Token(r.Context(), k)
+	d.key, d.keyKnown = k, true
+	fi := &fetchInfo{}
+	tok, err := src.Token(context.WithValue(r.Context(), fetchInfoKey{}, fi), k)
 	if err != nil {
-		a.writeError(w, name, err)
+		a.writeError(w, d, name, err)
 		return
+	}
+	// Re-checked on the wall clock at the moment of serving: never a token
+	// at or past its expiry.
+	left := tok.ExpiresAt.Round(0).Sub(a.now())
+	if left <= 0 {
+		w.Header().Set("Retry-After", "1")
+		a.fail(w, d, http.StatusServiceUnavailable, "temporarily_unavailable", "no valid token available yet", "expired")
+		return
+	}
+	d.tok, d.reason = tok, "upstream"
+	if fi.hit {
+		d.reason = "cache"
 	}
 	writeJSON(w, http.StatusOK, tokenResponse{
 		AccessToken: tok.AccessToken,
 		TokenType:   tok.TokenType,
-		ExpiresIn:   int64(math.Max(0, time.Until(tok.ExpiresAt).Seconds())),
+		ExpiresIn:   int64(left / time.Second),
 	})
 }
 
-func (a *API) writeError(w http.ResponseWriter, upstream string, err error) {
+// fetchInfo tells the API whether the cache answered (audit trail).
+type fetchInfo struct{ hit bool }
+
+type fetchInfoKey struct{}
+
+// markHit records a cache hit in ctx's fetchInfo, if any.
+func markHit(ctx context.Context) {
+	if fi, ok := ctx.Value(fetchInfoKey{}).(*fetchInfo); ok {
+		fi.hit = true
+	}
+}
+
+// rejectedMessages is the closed set of descriptions for an IdP's refusal,
+// by its OAuth2 error code: the IdP's own error_description is never
+// relayed (it can quote the JWT-SVID the broker presented).
+var rejectedMessages = map[string]string{
+	"invalid_request":        "the upstream IdP rejected the request as malformed (invalid_request)",
+	"invalid_client":         "the upstream IdP did not accept the broker as a client (invalid_client)",
+	"invalid_grant":          "the upstream IdP did not accept the broker's JWT-SVID (invalid_grant)",
+	"unauthorized_client":    "the broker is not allowed this grant at the upstream IdP (unauthorized_client)",
+	"unsupported_grant_type": "the upstream IdP does not support the configured grant (unsupported_grant_type)",
+	"invalid_scope":          "the upstream IdP refused the requested scopes (invalid_scope)",
+	"invalid_target":         "the upstream IdP refused the requested audience (invalid_target)",
+	"access_denied":          "the upstream IdP denied the request (access_denied)",
+}
+
+func (a *API) writeError(w http.ResponseWriter, d *decision, upstream string, err error) {
 	var un *UnavailableError
 	var ue *UpstreamError
+	var rl *RateLimitedError
 	switch {
+	case errors.As(err, &rl):
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(rl.RetryAfter, time.Second).Seconds()))))
+		a.fail(w, d, http.StatusTooManyRequests, "slow_down", rl.Reason, "rate_limited")
 	case errors.As(err, &un):
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(un.RetryAfter, time.Second).Seconds()))))
-		a.fail(w, http.StatusServiceUnavailable, "temporarily_unavailable", un.Reason)
+		a.fail(w, d, http.StatusServiceUnavailable, "temporarily_unavailable", un.Reason, "upstream_unavailable")
+	case errors.Is(err, ErrUnusableToken):
+		a.fail(w, d, http.StatusBadGateway, "upstream_invalid_token", unusableMessage(err), "upstream_unusable")
+		a.log.Warn("the upstream IdP answered a token the broker cannot use", "upstream", upstream, "err", err)
 	case errors.As(err, &ue) && !ue.Retryable:
 		// The IdP refused (invalid_grant, invalid_client...): retrying will not help.
-		a.fail(w, http.StatusBadGateway, "upstream_rejected", ue.Error())
+		msg, ok := rejectedMessages[ue.Code]
+		if !ok {
+			msg = "the upstream IdP refused the request (HTTP " + strconv.Itoa(ue.Status) + ")"
+		}
+		a.fail(w, d, http.StatusBadGateway, "upstream_rejected", msg, "upstream_rejected")
 	case errors.As(err, &ue):
 		ra := max(ue.RetryAfter, time.Second)
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ra.Seconds()))))
-		a.fail(w, http.StatusServiceUnavailable, "temporarily_unavailable", ue.Error())
+		a.fail(w, d, http.StatusServiceUnavailable, "temporarily_unavailable", "the upstream IdP is unavailable or failing; retry later", "upstream_error")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		w.Header().Set("Retry-After", "1")
-		a.fail(w, http.StatusServiceUnavailable, "temporarily_unavailable", "request cancelled or timed out")
+		a.fail(w, d, http.StatusServiceUnavailable, "temporarily_unavailable", "request cancelled or timed out", "cancelled")
 	default:
 		a.log.Error("token request failed", "upstream", upstream, "err", err)
-		a.fail(w, http.StatusInternalServerError, "server_error", "internal error")
+		a.fail(w, d, http.StatusInternalServerError, "server_error", "internal error", "internal_error")
 	}
 }

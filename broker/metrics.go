@@ -20,6 +20,9 @@ type Metrics struct {
 	UpstreamTime  *prometheus.HistogramVec // upstream
 	UpstreamError *prometheus.CounterVec   // upstream, class: rejected, retryable, breaker_open
 	BreakerState  *prometheus.GaugeVec     // upstream: 0 closed, 1 half-open, 2 open
+	RateLimited   *prometheus.CounterVec   // reason: upstream_calls, keys
+	AuditLost     prometheus.Counter
+	AuditDropped  prometheus.Counter
 }
 
 // NewMetrics registers the broker's metrics on r.
@@ -38,10 +41,17 @@ func NewMetrics(r prometheus.Registerer, cachedKeys func() float64) *Metrics {
 		UpstreamTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "nodeward_broker_upstream_duration_seconds",
 			Help: "Duration of token requests to upstream IdPs.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"upstream"}),
 		UpstreamError: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodeward_broker_upstream_errors_total",
-			Help: "Failed upstream token requests by class (rejected: a 4xx from the IdP; retryable: timeouts, resets, 5xx, 429, garbage; unavailable: breaker open or Retry-After)."}, []string{"upstream", "class"}),
+			Help: "Failed upstream token requests by class (rejected: a 4xx from the IdP; retryable: timeouts, resets, 5xx, 429, garbage; unavailable: breaker open or Retry-After; unusable: a token too short-lived or of a type not accepted)."}, []string{"upstream", "class"}),
 		BreakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodeward_broker_breaker_state",
 			Help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open."}, []string{"upstream"}),
 	}
+	m.RateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodeward_broker_rate_limited_total",
+		Help: "Token requests refused with 429 by the per-caller limits, by reason (upstream_calls, keys)."}, []string{"reason"})
+	m.AuditLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_audit_write_errors_total",
+		Help: "Broker audit records that could not be written."})
+	m.AuditDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_audit_dropped_total",
+		Help: "Broker audit denial records dropped by the per-uid rate limit."})
+	r.MustRegister(m.RateLimited, m.AuditLost, m.AuditDropped)
 	r.MustRegister(m.Requests, m.CacheHits, m.CacheMisses, m.Evictions, m.Refreshes, m.UpstreamTime, m.UpstreamError, m.BreakerState,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nodeward_broker_cached_tokens", Help: "Tokens in the cache."}, cachedKeys))
 	return m
@@ -73,6 +83,9 @@ func (s instrumented) Token(ctx context.Context, k Key) (*Token, error) {
 		s.m.UpstreamTime.WithLabelValues(s.name).Observe(time.Since(start).Seconds())
 	case errors.As(err, &un):
 		s.m.UpstreamError.WithLabelValues(s.name, "unavailable").Inc()
+	case errors.Is(err, ErrUnusableToken):
+		s.m.UpstreamTime.WithLabelValues(s.name).Observe(time.Since(start).Seconds())
+		s.m.UpstreamError.WithLabelValues(s.name, "unusable").Inc()
 	case retryable(err):
 		s.m.UpstreamTime.WithLabelValues(s.name).Observe(time.Since(start).Seconds())
 		s.m.UpstreamError.WithLabelValues(s.name, "retryable").Inc()

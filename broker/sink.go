@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"slices"
@@ -36,6 +38,7 @@ type sink struct {
 	gid    int
 	log    *slog.Logger
 	action *sinks.Action
+	run    func(*sinks.Action) // runs the action off the refresh path, tracked
 }
 
 func (s *sink) write(tok *Token) {
@@ -43,12 +46,38 @@ func (s *sink) write(tok *Token) {
 		s.log.Error("token sink write failed", "path", s.path, "err", err)
 		return
 	}
-	if s.action != nil && !s.action.Empty() {
-		// Off the refresh path: an action may take its time (bounded by
-		// its timeout); runs are serialized by the action.
-		go s.action.Run(context.Background())
-	}
+	s.rotated()
 	s.log.Debug("token sink written", "path", s.path, "upstream", s.key.Upstream, "expires", tok.ExpiresAt)
+}
+
+// rotated runs the on_rotate action off the refresh path: an action may
+// take its time (bounded by its timeout); runs are serialized by the action.
+func (s *sink) rotated() {
+	if s.action == nil || s.action.Empty() {
+		return
+	}
+	if s.run != nil {
+		s.run(s.action)
+		return
+	}
+	go s.action.Run(context.Background())
+}
+
+// remove deletes the token file (one unlink: a reader sees the whole old
+// file or none) when its token may no longer be used, for example because
+// the broker's identity was revoked, and runs on_rotate so the consumer
+// notices.
+func (s *sink) remove() {
+	err := os.Remove(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		s.log.Error("token sink: cannot remove the token file of a revoked identity", "path", s.path, "err", err)
+		return
+	}
+	s.log.Warn("token sink removed: the broker's identity was revoked or changed", "path", s.path, "upstream", s.key.Upstream)
+	s.rotated()
 }
 
 func parseMode(m string) (os.FileMode, error) {
@@ -73,29 +102,47 @@ func sinkKey(sf SinkFile, defaults []string) Key {
 }
 
 // runSinks fetches each sink's first token (retrying until it succeeds or
-// ctx ends); the cache's OnStore hook rewrites the files on every refresh.
+// ctx ends), and again after each change of the broker's identity; the
+// cache's OnStore hook rewrites the files on every refresh.
 func (b *Broker) runSinks(ctx context.Context) {
 	for _, s := range b.sinks {
+		b.wg.Add(1)
 		go func() {
-			delay := 500 * time.Millisecond
+			defer b.wg.Done()
 			for {
-				id, err := b.api.identity(ctx)
-				if err == nil {
-					k := s.key
-					k.SPIFFEID = id
-					b.sinkFor.Store(k, s)
-					if _, err = b.cache.Token(ctx, k); err == nil {
-						return
-					}
+				wake := b.sinkWaiter()
+				if !b.fillSink(ctx, s) {
+					return
 				}
-				b.log.Warn("token sink: no token yet", "path", s.path, "err", err)
 				select {
 				case <-ctx.Done():
 					return
-				case <-time.After(delay):
+				case <-wake:
 				}
-				delay = min(2*delay, 30*time.Second)
 			}
 		}()
+	}
+}
+
+// fillSink gets s its first token for the current identity; false when ctx ended.
+func (b *Broker) fillSink(ctx context.Context, s *sink) bool {
+	delay := 500 * time.Millisecond
+	for {
+		id, err := b.api.identity(ctx)
+		if err == nil {
+			k := s.key
+			k.SPIFFEID = id
+			b.sinkFor.Store(k, s)
+			if _, err = b.cache.Token(ctx, k); err == nil {
+				return true
+			}
+		}
+		b.log.Warn("token sink: no token yet", "path", s.path, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
 	}
 }

@@ -65,7 +65,33 @@ var (
 	ErrUnavailable = errors.New("no valid token available")
 	// ErrUnknownUpstream: the request names no configured upstream.
 	ErrUnknownUpstream = errors.New("unknown upstream")
+	// ErrUnusableToken: the IdP answered a token the broker must not cache
+	// or serve (a lifetime within the cache's safety margin, or a token
+	// type that is not configured).
+	ErrUnusableToken = errors.New("unusable token from the upstream IdP")
+	// errShortLived and errTokenType tell the two kinds of ErrUnusableToken apart.
+	errShortLived = fmt.Errorf("%w: expires_in is within the safety margin", ErrUnusableToken)
+	errTokenType  = fmt.Errorf("%w: token_type is not accepted", ErrUnusableToken)
 )
+
+// unusableMessage is the caller's description of an ErrUnusableToken.
+func unusableMessage(err error) string {
+	if errors.Is(err, errTokenType) {
+		return "the upstream IdP issued a token of a type the broker does not accept"
+	}
+	return "the upstream IdP issued a token too short-lived to serve"
+}
+
+// RateLimitedError: the caller has used up its upstream calls or keys.
+type RateLimitedError struct {
+	RetryAfter time.Duration
+	Reason     string // the broker's own words
+	kind       string // metric label: upstream_calls or keys
+}
+
+func (e *RateLimitedError) Error() string {
+	return fmt.Sprintf("rate limited: %s (retry after %s)", e.Reason, e.RetryAfter.Round(time.Second))
+}
 
 // UnavailableError is ErrUnavailable with a retry hint.
 type UnavailableError struct {
@@ -121,6 +147,10 @@ func retryable(err error) bool {
 	if errors.As(err, &ue) {
 		return ue.Retryable
 	}
+	var rl *RateLimitedError
+	if errors.As(err, &rl) {
+		return false
+	}
 	return !errors.Is(err, ErrUnknownUpstream) && !errors.Is(err, context.Canceled)
 }
 
@@ -133,6 +163,10 @@ func retryAfter(err error) time.Duration {
 	var un *UnavailableError
 	if errors.As(err, &un) {
 		return un.RetryAfter
+	}
+	var rl *RateLimitedError
+	if errors.As(err, &rl) {
+		return rl.RetryAfter
 	}
 	return 0
 }

@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +50,14 @@ type UpstreamConfig struct {
 	Scopes        []string
 	CAFile        string
 	Timeout       time.Duration
+	// TokenTypes are the accepted token_type values (case-insensitive);
+	// default [Bearer].
+	TokenTypes []string
+	// MinLifetime: an answer whose expires_in is not longer than this is
+	// unusable (the cache's safety margin); default 10s.
+	MinLifetime time.Duration
+	// MaxRetryAfter caps the IdP's Retry-After; default 60s.
+	MaxRetryAfter time.Duration
 }
 
 // Upstream requests tokens from one IdP. It implements Source.
@@ -79,8 +89,17 @@ func NewUpstream(cfg UpstreamConfig, svids SVIDFetcher, clock func() time.Time) 
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
 	}
+	if len(cfg.TokenTypes) == 0 {
+		cfg.TokenTypes = []string{"Bearer"}
+	}
+	if cfg.MinLifetime <= 0 {
+		cfg.MinLifetime = 10 * time.Second
+	}
+	if cfg.MaxRetryAfter <= 0 {
+		cfg.MaxRetryAfter = DefaultMaxRetryAfter
+	}
 	if clock == nil {
-		clock = time.Now
+		clock = wallClock
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil // the IdP is reached directly, never through an environment proxy
@@ -166,7 +185,7 @@ func (u *Upstream) Token(ctx context.Context, k Key) (*Token, error) {
 		return nil, &UpstreamError{Upstream: u.cfg.Name, Status: resp.StatusCode, Retryable: true, Err: errors.New("response larger than 1 MiB")}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, u.errorResponse(resp, body)
+		return nil, u.errorResponse(resp, body, svid)
 	}
 	return u.parseToken(resp, body, sent)
 }
@@ -180,20 +199,42 @@ func redactURLError(err error) error {
 	return err
 }
 
-func (u *Upstream) errorResponse(resp *http.Response, body []byte) error {
+// DefaultMaxRetryAfter caps an IdP's Retry-After unless configured.
+const DefaultMaxRetryAfter = 60 * time.Second
+
+// wallClock is time.Now without its monotonic reading: expiry decisions
+// follow the wall clock, which keeps running through a suspend or VM pause.
+func wallClock() time.Time { return time.Now().Round(0) }
+
+// jwtLike finds JWT-shaped text (base64url JSON header) in an IdP's words.
+var jwtLike = regexp.MustCompile(`eyJ[A-Za-z0-9_-]*`)
+
+// sanitizeDescription keeps an IdP's error_description fit for logs: the
+// assertion the broker sent and anything JWT-shaped are cut out.
+func sanitizeDescription(desc, svid string) string {
+	if svid != "" {
+		desc = strings.ReplaceAll(desc, svid, "[redacted]")
+		if h, _, ok := strings.Cut(svid, "."); ok && len(h) > 8 {
+			desc = strings.ReplaceAll(desc, h, "[redacted]")
+		}
+	}
+	return jwtLike.ReplaceAllString(desc, "[redacted]")
+}
+
+func (u *Upstream) errorResponse(resp *http.Response, body []byte, svid string) error {
 	e := &UpstreamError{Upstream: u.cfg.Name, Status: resp.StatusCode}
 	var oe struct {
 		Error       string `json:"error"`
 		Description string `json:"error_description"`
 	}
 	if json.Unmarshal(body, &oe) == nil {
-		e.Code = truncate(oe.Error, 64)
-		e.Description = truncate(oe.Description, 256)
+		e.Code = truncate(sanitizeDescription(oe.Error, svid), 64)
+		e.Description = truncate(sanitizeDescription(oe.Description, svid), 256)
 	}
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests, resp.StatusCode >= 500:
 		e.Retryable = true
-		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), u.clock())
+		e.RetryAfter = min(parseRetryAfter(resp.Header.Get("Retry-After"), u.clock()), u.cfg.MaxRetryAfter)
 	case resp.StatusCode >= 400 && resp.StatusCode < 500:
 		e.Retryable = false
 	default: // 1xx, 3xx: not what a token endpoint answers
@@ -224,10 +265,16 @@ func (u *Upstream) parseToken(resp *http.Response, body []byte, sent time.Time) 
 	if tr.TokenType == "" {
 		return nil, garbage("token_type missing")
 	}
+	if !slices.ContainsFunc(u.cfg.TokenTypes, func(t string) bool { return strings.EqualFold(t, tr.TokenType) }) {
+		return nil, &UpstreamError{Upstream: u.cfg.Name, Status: resp.StatusCode, Err: fmt.Errorf("%w (%q)", errTokenType, truncate(tr.TokenType, 32))}
+	}
 	// RFC 6749 says a number; some IdPs send a string.
 	n, err := strconv.ParseInt(strings.Trim(string(tr.ExpiresIn), `"`), 10, 64)
 	if err != nil || n <= 0 || n > maxExpiresIn {
 		return nil, garbage("expires_in missing or out of range")
+	}
+	if life := time.Duration(n) * time.Second; life <= u.cfg.MinLifetime {
+		return nil, &UpstreamError{Upstream: u.cfg.Name, Status: resp.StatusCode, Err: fmt.Errorf("%w (%s <= %s)", errShortLived, life, u.cfg.MinLifetime)}
 	}
 	return &Token{AccessToken: tr.AccessToken, TokenType: tr.TokenType, IssuedAt: sent, ExpiresAt: sent.Add(time.Duration(n) * time.Second)}, nil
 }

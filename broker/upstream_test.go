@@ -46,9 +46,23 @@ func TestParseTokenResponses(t *testing.T) {
 	if strings.Contains(tok.String(), "at-123") || strings.Contains(err2str(err), "at-123") {
 		t.Fatal("token printed")
 	}
-	r, b = resp(200, "application/json", `{"access_token":"x","token_type":"N_A","expires_in":"60"}`, nil)
+	r, b = resp(200, "application/json", `{"access_token":"x","token_type":"bearer","expires_in":"60"}`, nil)
 	if _, err := u.parseToken(r, b, sent); err != nil {
-		t.Fatalf("expires_in as a string: %v", err)
+		t.Fatalf("expires_in as a string, token_type in lower case: %v", err)
+	}
+	// Unusable answers (issue 11 item 20): a lifetime within the safety
+	// margin (default 10s), a token type that is not configured.
+	for name, body := range map[string]string{
+		"short-lived": `{"access_token":"x","token_type":"Bearer","expires_in":10}`,
+		"mac":         `{"access_token":"x","token_type":"mac","expires_in":600}`,
+		"DPoP":        `{"access_token":"x","token_type":"DPoP","expires_in":600}`,
+	} {
+		r, b := resp(200, "application/json", body, nil)
+		tok, err := u.parseToken(r, b, sent)
+		var ue *UpstreamError
+		if tok != nil || !errors.Is(err, ErrUnusableToken) || !errors.As(err, &ue) || ue.Retryable {
+			t.Errorf("%s: %v %v, want a non-retryable ErrUnusableToken", name, tok, err)
+		}
 	}
 	for name, body := range map[string]string{
 		"html":            "<html>oops</html>",
@@ -95,10 +109,12 @@ func TestErrorClassification(t *testing.T) {
 		{503, `garbage`, map[string]string{"Retry-After": "Tue, 24 Nov 2026 12:00:30 GMT"}, true, 30 * time.Second, ""},
 		{500, ``, nil, true, 0, ""},
 		{302, ``, nil, true, 0, ""},
+		// A Retry-After of days is capped (breaker.max_retry_after, default 60s).
+		{429, `{"error":"slow_down"}`, map[string]string{"Retry-After": "999999"}, true, DefaultMaxRetryAfter, "slow_down"},
 	}
 	for _, tt := range tests {
 		r, b := resp(tt.status, "application/json", tt.body, tt.hdr)
-		err := u.errorResponse(r, b)
+		err := u.errorResponse(r, b, "")
 		var ue *UpstreamError
 		if !errors.As(err, &ue) || ue.Retryable != tt.retryable || ue.RetryAfter != tt.after || ue.Code != tt.code {
 			t.Errorf("HTTP %d: %+v, want retryable=%v after=%v code=%q", tt.status, ue, tt.retryable, tt.after, tt.code)

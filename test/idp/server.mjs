@@ -18,7 +18,11 @@
 // so the token is still minted by oidc-provider's own client_credentials grant.
 //
 // usage: node server.mjs PORT AGENT_JWKS_URL SVID_AUDIENCE TRUST_DOMAIN
-// Prints "ready" when listening. GET /stats returns {"grants": N}.
+// Prints "ready" when listening. GET /stats returns {"grants": N,
+// "token_requests": M}. POST /misbehave?mode=M switches on a misbehaviour
+// for the broker's tests ("" for none): short (expires_in 1), mac and dpop
+// (that token_type), retry-after (429 with Retry-After: 999999), echo (400
+// invalid_grant whose error_description quotes the presented assertion).
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { Provider, errors } from 'oidc-provider';
@@ -63,6 +67,8 @@ const provider = new Provider(issuer, {
 });
 
 let grants = 0;
+let tokenRequests = 0;
+let misbehave = '';
 provider.on('grant.success', () => { grants++; });
 
 async function verifySVID(jwt) {
@@ -93,8 +99,8 @@ function grant(kind) {
     const value = await token.save();
     ctx.body = {
       access_token: value,
-      token_type: 'Bearer',
-      expires_in: token.expiration,
+      token_type: { mac: 'mac', dpop: 'DPoP' }[misbehave] || 'Bearer',
+      expires_in: misbehave === 'short' ? 1 : token.expiration,
       scope: token.scope,
       ...(kind === 'token-exchange' ? { issued_token_type: 'urn:ietf:params:oauth:token-type:access_token' } : {}),
     };
@@ -142,12 +148,33 @@ const callback = provider.callback();
 http.createServer(async (req, res) => {
   if (req.url === '/stats') {
     res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ grants }));
+    res.end(JSON.stringify({ grants, token_requests: tokenRequests }));
+    return;
+  }
+  if (req.method === 'POST' && req.url.startsWith('/misbehave')) {
+    misbehave = new URL(req.url, issuer).searchParams.get('mode') || '';
+    res.end('ok');
     return;
   }
   if (req.method === 'POST' && req.url === '/token') {
+    tokenRequests++;
     try {
-      const form = await spiffeClientAuth(new URLSearchParams(await readBody(req)));
+      const raw = new URLSearchParams(await readBody(req));
+      if (misbehave === 'retry-after') {
+        res.statusCode = 429;
+        res.setHeader('retry-after', '999999');
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ error: 'slow_down', error_description: 'come back in eleven days' }));
+        return;
+      }
+      if (misbehave === 'echo') {
+        res.statusCode = 400;
+        res.setHeader('content-type', 'application/json');
+        const presented = raw.get('subject_token') || raw.get('assertion') || raw.get('client_assertion');
+        res.end(JSON.stringify({ error: 'invalid_grant', error_description: `assertion ${presented} is not trusted` }));
+        return;
+      }
+      const form = await spiffeClientAuth(raw);
       req.body = form.toString();
     } catch (e) {
       res.statusCode = e.message === 'invalid_client' ? 401 : 400;

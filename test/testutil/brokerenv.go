@@ -79,6 +79,7 @@ cache:
 breaker:
   consecutive_failures: 2
   open_timeout: 1s
+  max_retry_after: 3s
 log_level: debug
 metrics_listen: %s
 %s`, sock, bsock, proxy.URL, idp.URL, idp.URL, idp.URL, metrics, strings.ReplaceAll(strings.Join(extra, ""), "$DIR", dir))), 0o644)

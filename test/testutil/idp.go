@@ -110,6 +110,38 @@ func (i *IdP) Grants(t testing.TB) int {
 	return s.Grants
 }
 
+// TokenRequests returns how many requests reached the IdP's token endpoint.
+func (i *IdP) TokenRequests(t testing.TB) int {
+	t.Helper()
+	resp, err := http.Get(i.URL + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s struct {
+		TokenRequests int `json:"token_requests"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s.TokenRequests
+}
+
+// Misbehave switches on one of the IdP's misbehaviours ("" for none):
+// short (expires_in 1), mac, dpop (that token_type), retry-after (429 with
+// Retry-After: 999999), echo (an error_description quoting the assertion).
+func (i *IdP) Misbehave(t testing.TB, mode string) {
+	t.Helper()
+	resp, err := http.Post(i.URL+"/misbehave?mode="+mode, "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("IdP misbehave %q: HTTP %d", mode, resp.StatusCode)
+	}
+}
+
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // FreePort returns a free loopback TCP port.

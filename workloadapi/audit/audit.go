@@ -61,6 +61,12 @@ type Record struct {
 	Endpoint   string     `json:"token_endpoint,omitempty"`
 	DurationMS float64    `json:"duration_ms,omitempty"`
 
+	// Scope and TokenSHA256 describe a broker token: its OAuth2 scopes
+	// (space-separated) and the hex SHA-256 of the access token, which
+	// identifies it without holding it.
+	Scope       string `json:"scope,omitempty"`
+	TokenSHA256 string `json:"token_sha256,omitempty"`
+
 	// UID, Count and Since describe an audit_dropped record: Count
 	// records of caller UID (no UID: of several uids) dropped by the rate
 	// limit since Since.

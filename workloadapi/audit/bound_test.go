@@ -45,7 +45,7 @@ func worst() Record {
 		SPIFFEID: long("<"), Audience: aud, Omitted: math.MaxInt, ExpiresAt: &t, Serial: long("<"), JTI: long("<"), EntryID: long("<"),
 		Caller: &Caller{PID: math.MinInt32, UID: math.MaxUint32, GID: math.MaxUint32, Binary: long("<"), Cgroup: long("<"),
 			SystemdUnit: long("<"), ContainerID: long("<"), PodUID: long("<")},
-		Upstream: long("<"), Issuer: long("<"), Endpoint: long("<"), DurationMS: -math.MaxFloat64,
+		Upstream: long("<"), Issuer: long("<"), Endpoint: long("<"), Scope: long("<"), TokenSHA256: long("<"), DurationMS: -math.MaxFloat64,
 		UID: new(uint32(math.MaxUint32)), Count: math.MaxUint64, Since: &t, Truncated: true}
 }
 

@@ -19,8 +19,8 @@ const MaxRecordSize = 4096
 // which always fits: a test checks the worst case).
 const (
 	capShort     = 64   // event, decision, kind, rpc
-	capID        = 128  // serial, jti, container_id, pod_uid
-	capName      = 256  // entry_id, systemd_unit, upstream, issuer, token_endpoint, one audience
+	capID        = 128  // serial, jti, container_id, pod_uid, token_sha256
+	capName      = 256  // entry_id, systemd_unit, upstream, issuer, token_endpoint, scope, one audience
 	capLong      = 512  // reason, spiffe_id, binary, cgroup
 	capAudiences = 1024 // all audiences of a record together; the rest are counted in audience_omitted
 	maxShift     = 2
@@ -115,6 +115,8 @@ func appendRecord(b []byte, r *Record, shift uint) []byte {
 		e.b = append(e.b, `,"duration_ms":`...)
 		e.b = appendFloat(e.b, r.DurationMS)
 	}
+	e.str(`,"scope":`, r.Scope, capName, false)
+	e.str(`,"token_sha256":`, r.TokenSHA256, capID, false)
 	if r.UID != nil {
 		e.b = append(e.b, `,"uid":`...)
 		e.b = strconv.AppendUint(e.b, uint64(*r.UID), 10)
