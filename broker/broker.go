@@ -336,7 +336,7 @@ func (b *Broker) running() context.Context {
 
 // runAction runs a sink's on_rotate action off the refresh path, on
 // Serve's context, tracked so that Serve waits for it.
-func (b *Broker) runAction(a *sinks.Action) {
+func (b *Broker) runAction(a *sinks.Action, ev sinks.Event) {
 	ctx := b.running()
 	if ctx.Err() != nil {
 		return
@@ -344,7 +344,7 @@ func (b *Broker) runAction(a *sinks.Action) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		a.Run(ctx)
+		a.RunEvent(ctx, ev)
 	}()
 }
 

@@ -38,7 +38,7 @@ type sink struct {
 	gid    int
 	log    *slog.Logger
 	action *sinks.Action
-	run    func(*sinks.Action) // runs the action off the refresh path, tracked
+	run    func(*sinks.Action, sinks.Event) // runs the action off the refresh path, tracked
 }
 
 func (s *sink) write(tok *Token) {
@@ -46,21 +46,23 @@ func (s *sink) write(tok *Token) {
 		s.log.Error("token sink write failed", "path", s.path, "err", err)
 		return
 	}
-	s.rotated()
+	s.rotated(sinks.EventRotate)
 	s.log.Debug("token sink written", "path", s.path, "upstream", s.key.Upstream, "expires", tok.ExpiresAt)
 }
 
-// rotated runs the on_rotate action off the refresh path: an action may
-// take its time (bounded by its timeout); runs are serialized by the action.
-func (s *sink) rotated() {
+// rotated runs the on_rotate action for ev off the refresh path: an action
+// may take its time (bounded by its timeout); runs are serialized by the
+// action. The broker's runner ties it to the run context and waits for it at
+// shutdown; without one (a sink outside a broker) the action tracks it.
+func (s *sink) rotated(ev sinks.Event) {
 	if s.action == nil || s.action.Empty() {
 		return
 	}
 	if s.run != nil {
-		s.run(s.action)
+		s.run(s.action, ev)
 		return
 	}
-	go s.action.Run(context.Background())
+	s.action.StartEvent(context.Background(), ev)
 }
 
 // remove deletes the token file (one unlink: a reader sees the whole old
@@ -77,7 +79,7 @@ func (s *sink) remove() {
 		return
 	}
 	s.log.Warn("token sink removed: the broker's identity was revoked or changed", "path", s.path, "upstream", s.key.Upstream)
-	s.rotated()
+	s.rotated(sinks.EventRevoked)
 }
 
 func parseMode(m string) (os.FileMode, error) {
