@@ -1,0 +1,173 @@
+package workloadapi
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/nodeward/nodeward/workloadapi/peercred"
+)
+
+// Reasons a call is refused by the limits (the `reason` label of
+// nodeward_workload_api_limited_total, with connlimit's reasons).
+const (
+	LimitedRate             = "rate"
+	LimitedMaxStreams       = "max_streams"
+	LimitedMaxStreamsPerUID = "max_streams_per_uid"
+)
+
+// maxHandshake bounds how long a new connection may take to send its HTTP/2
+// preface (gRPC's own default).
+const maxHandshake = 120 * time.Second
+
+// maxRateUIDs bounds the per-uid rate limiters kept; beyond it, limiters
+// that are full again (as good as new) are dropped first.
+const maxRateUIDs = 4096
+
+// Limits bound what callers can make the server hold and do. A zero field
+// means unlimited (no bound), except where noted.
+type Limits struct {
+	// MaxStreams caps the open streaming RPCs of all callers.
+	MaxStreams int
+	// MaxStreamsPerUID caps the open streaming RPCs of one caller uid.
+	MaxStreamsPerUID int
+	// MaxStreamsPerConn is gRPC's MaxConcurrentStreams: RPCs one connection
+	// may have in flight (more wait in the client).
+	MaxStreamsPerConn uint32
+	// IdleTimeout closes a connection with no RPC in flight for this long,
+	// and bounds the connection handshake.
+	IdleTimeout time.Duration
+	// Rate is the calls per second allowed per caller uid (a stream counts
+	// when it opens); Burst the bucket depth.
+	Rate  float64
+	Burst int
+}
+
+// limiter enforces Limits per caller uid.
+type limiter struct {
+	cfg     Limits
+	limited func(reason string)
+
+	mu      sync.Mutex
+	streams int
+	perUID  map[uint32]int
+	rates   map[uint32]*rate.Limiter
+}
+
+func newLimiter(cfg Limits, limited func(string)) *limiter {
+	if limited == nil {
+		limited = func(string) {}
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = max(1, int(cfg.Rate))
+	}
+	return &limiter{cfg: cfg, limited: limited, perUID: make(map[uint32]int), rates: make(map[uint32]*rate.Limiter)}
+}
+
+// serverOptions are the gRPC options that bound connections and streams.
+func (l *limiter) serverOptions() []grpc.ServerOption {
+	var opts []grpc.ServerOption
+	if l.cfg.MaxStreamsPerConn > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(l.cfg.MaxStreamsPerConn))
+	}
+	if l.cfg.IdleTimeout > 0 {
+		opts = append(opts,
+			grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: l.cfg.IdleTimeout}),
+			grpc.ConnectionTimeout(min(l.cfg.IdleTimeout, maxHandshake)))
+	}
+	return opts
+}
+
+func (l *limiter) refuse(reason string) error {
+	l.limited(reason)
+	switch reason {
+	case LimitedRate:
+		return status.Error(codes.ResourceExhausted, "rate limit of this caller's uid exceeded; retry later")
+	case LimitedMaxStreamsPerUID:
+		return status.Error(codes.ResourceExhausted, "too many open streams for this caller's uid")
+	default:
+		return status.Error(codes.ResourceExhausted, "too many open streams")
+	}
+}
+
+// allowCall takes one call from the rate budget of ctx's caller uid. A
+// context without peer credentials is let through: attestation refuses it.
+func (l *limiter) allowCall(ctx context.Context) error {
+	if l.cfg.Rate <= 0 {
+		return nil
+	}
+	p, ok := peercred.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	l.mu.Lock()
+	rl := l.rates[p.UID]
+	if rl == nil {
+		if len(l.rates) >= maxRateUIDs {
+			l.pruneLocked()
+		}
+		rl = rate.NewLimiter(rate.Limit(l.cfg.Rate), l.cfg.Burst)
+		l.rates[p.UID] = rl
+	}
+	l.mu.Unlock()
+	if !rl.Allow() {
+		return l.refuse(LimitedRate)
+	}
+	return nil
+}
+
+// pruneLocked drops limiters that are full again; if none is, it drops
+// some at random (those uids get a fresh burst). l.mu must be held.
+func (l *limiter) pruneLocked() {
+	now := time.Now()
+	for uid, rl := range l.rates {
+		if rl.TokensAt(now) >= float64(l.cfg.Burst) {
+			delete(l.rates, uid)
+		}
+	}
+	for uid := range l.rates {
+		if len(l.rates) < maxRateUIDs/2 {
+			break
+		}
+		delete(l.rates, uid)
+	}
+}
+
+// openStream counts a stream of ctx's caller against the caps; release
+// (never nil) ends it.
+func (l *limiter) openStream(ctx context.Context) (release func(), err error) {
+	if err := l.allowCall(ctx); err != nil {
+		return func() {}, err
+	}
+	uid := uint32(1<<32 - 1) // no peer credentials: one shared bucket
+	if p, ok := peercred.FromContext(ctx); ok {
+		uid = p.UID
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.cfg.MaxStreams > 0 && l.streams >= l.cfg.MaxStreams:
+		return func() {}, l.refuse(LimitedMaxStreams)
+	case l.cfg.MaxStreamsPerUID > 0 && l.perUID[uid] >= l.cfg.MaxStreamsPerUID:
+		return func() {}, l.refuse(LimitedMaxStreamsPerUID)
+	}
+	l.streams++
+	l.perUID[uid]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.streams--
+			if l.perUID[uid]--; l.perUID[uid] <= 0 {
+				delete(l.perUID, uid)
+			}
+		})
+	}, nil
+}
