@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -488,26 +489,31 @@ func TestEMFILEKeepsServing(t *testing.T) {
 			_ = c.Close()
 		}
 	}()
-	// Admin connections until the agent has no descriptor left: one that
-	// the agent closes at once (its accept failed) tells.
-	for len(hogs) < 200 {
+	// Keep-alive admin connections (idle after one request, never timed
+	// out) until the agent has no descriptor left.
+	for len(hogs) < 200 && countFDs(t, a.Cmd.Process.Pid) < 64 {
 		c, err := net.Dial("tcp", admin)
 		if err != nil {
 			t.Fatal(err)
 		}
 		hogs = append(hogs, c)
-		if fds := countFDs(t, a.Cmd.Process.Pid); fds >= 62 {
-			break
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
 		}
+		if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+			break // not accepted: out of descriptors
+		}
+		_ = c.SetDeadline(time.Time{})
 	}
-	// A Workload API call now waits in the backlog while accept fails.
-	done := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+sock))
-		done <- err
-	}()
+	t.Logf("%d admin connections; agent holds %d descriptors", len(hogs), countFDs(t, a.Cmd.Process.Pid))
+	// A Workload API connection now waits in the backlog while accept
+	// fails.
+	wc, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wc.Close()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(a.Log(), "workload API accept failed") {
 		if time.Now().After(deadline) {
@@ -519,8 +525,19 @@ func TestEMFILEKeepsServing(t *testing.T) {
 		_ = c.Close()
 	}
 	hogs = nil
-	if err := <-done; err != nil {
-		t.Fatalf("agent did not serve again after EMFILE: %v", err)
+	// Once descriptors are free again, the agent serves.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+sock))
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not serve again after EMFILE: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if v := scrape(t, admin, `nodeward_workload_api_accept_errors_total{kind="emfile"}`); v == 0 {
 		t.Errorf("accept errors not counted")
