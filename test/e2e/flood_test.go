@@ -8,23 +8,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/test/testutil"
@@ -33,224 +25,17 @@ import (
 // Issue 11, items 3 and 22: what one caller can make the agent hold
 // (connections, streams, JWT-SVID cache bytes, file descriptors), against
 // the built binary. The flooding caller is this test binary re-executed as
-// uid 65534 (limitsFloodEnv); the well-behaved caller is the test process.
-
-const limitsFloodEnv = "NODEWARD_E2E_LIMITS_FLOOD" // mode,socket,n
+// uid 65534 (testutil.FloodChild); the well-behaved caller is the test process.
 
 // rssBound is the agent's memory budget under any flood (issue 11 item 3).
 const rssBound = 64 << 20
 
-func init() {
-	v := os.Getenv(limitsFloodEnv)
-	if v == "" {
-		return
-	}
-	parts := strings.SplitN(v, ",", 3)
-	n, err := strconv.Atoi(parts[2])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	switch parts[0] {
-	case "idle":
-		err = floodIdle(parts[1], n)
-	case "jwt":
-		err = floodJWT(parts[1], n)
-	case "streams":
-		err = floodStreams(parts[1], n)
-	default:
-		err = fmt.Errorf("unknown mode %q", parts[0])
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "flood:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func init() { testutil.FloodChild() }
 
-// h2Preface is what a gRPC client sends first: the HTTP/2 preface and an
-// empty SETTINGS frame. A connection that sends it and nothing more is an
-// idle client that never calls.
-var h2Preface = append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)
-
-// floodIdle opens n connections that never call, prints READY and holds
-// them until stdin closes.
-func floodIdle(sock string, n int) error {
-	conns := make([]net.Conn, 0, n)
-	for range n {
-		c, err := net.Dial("unix", sock)
-		if err != nil {
-			return fmt.Errorf("after %d connections: %w", len(conns), err)
-		}
-		_, _ = c.Write(h2Preface) // a refused connection may be closed already
-		conns = append(conns, c)
-	}
-	fmt.Println("READY", len(conns))
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	for _, c := range conns {
-		_ = c.Close()
-	}
-	return nil
-}
-
-func rawClient(sock string) (*grpc.ClientConn, context.Context, error) {
-	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, err
-	}
-	return cc, metadata.AppendToOutgoingContext(context.Background(), "workload.spiffe.io", "true"), nil
-}
-
-// floodJWT asks n times for JWT-SVIDs with 32 distinct 1 KiB audiences
-// from 4 goroutines, and prints how many calls got an SVID and how many
-// were refused with ResourceExhausted.
-func floodJWT(sock string, n int) error {
-	cc, ctx, err := rawClient(sock)
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
-	c := workload.NewSpiffeWorkloadAPIClient(cc)
-	var next, ok, exhausted atomic.Int64
-	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	for range 4 {
-		wg.Go(func() {
-			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				aud := make([]string, 32)
-				for j := range aud {
-					aud[j] = fmt.Sprintf("%08d-%02d-%s", i, j, strings.Repeat("a", 1012))
-				}
-				_, err := c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: aud})
-				switch status.Code(err) {
-				case codes.OK:
-					ok.Add(1)
-				case codes.ResourceExhausted:
-					exhausted.Add(1)
-				default:
-					errc <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return err
-	default:
-	}
-	fmt.Println("DONE", ok.Load(), exhausted.Load())
-	return nil
-}
-
-// floodStreams opens n FetchX509SVID streams on one connection, prints
-// READY once 64 of them got their first answer, and holds them until stdin
-// closes.
-func floodStreams(sock string, n int) error {
-	cc, ctx, err := rawClient(sock)
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
-	c := workload.NewSpiffeWorkloadAPIClient(cc)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var got atomic.Int64
-	ready := make(chan struct{})
-	var once sync.Once
-	for range n {
-		go func() {
-			s, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
-			if err != nil {
-				return
-			}
-			if _, err := s.Recv(); err == nil && got.Add(1) >= 64 {
-				once.Do(func() { close(ready) })
-			}
-			<-ctx.Done()
-		}()
-	}
-	select {
-	case <-ready:
-	case <-time.After(60 * time.Second):
-		return fmt.Errorf("only %d streams answered", got.Load())
-	}
-	fmt.Println("READY", got.Load())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	return nil
-}
-
-// floodChild is a flooding caller running as uid 65534.
-type floodChild struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
-}
-
-// startFlood starts the flooding child and returns once it printed its
-// first line (READY or DONE), which it returns.
-func startFlood(t *testing.T, dir, mode, sock string, n int) (*floodChild, string) {
+// startFlood starts a flooding caller as uid 65534 (see testutil.FloodChild).
+func startFlood(t *testing.T, dir, mode, sock string, n int) (*testutil.Flood, string) {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	exe := filepath.Join(dir, "flood")
-	if _, err := os.Stat(exe); err != nil {
-		copyExecutable(t, self, exe)
-	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%s,%d", limitsFloodEnv, mode, sock, n))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-	var stderr strings.Builder
-	var mu sync.Mutex
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return stderr.Write(p) })
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f := &floodChild{cmd: cmd, stdin: stdin, lines: make(chan string, 4)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			f.lines <- sc.Text()
-		}
-		close(f.lines)
-	}()
-	t.Cleanup(f.stop)
-	select {
-	case line, ok := <-f.lines:
-		if !ok {
-			_ = cmd.Wait()
-			mu.Lock()
-			defer mu.Unlock()
-			t.Fatalf("flood %s ended without answer: %s", mode, stderr.String())
-		}
-		return f, line
-	case <-time.After(120 * time.Second):
-		t.Fatalf("flood %s gave no answer within 120s", mode)
-	}
-	return nil, ""
-}
-
-func (f *floodChild) stop() {
-	_ = f.stdin.Close()
-	done := make(chan struct{})
-	go func() { _ = f.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = f.cmd.Process.Kill()
-		<-done
-	}
+	return testutil.StartFlood(t, dir, mode, sock, n, nobody)
 }
 
 // procStatus returns a field of /proc/PID/status in bytes (VmRSS, VmHWM).
@@ -378,7 +163,7 @@ func TestFloodStreamsOnOneConn(t *testing.T) {
 // at max_streams_per_uid with ResourceExhausted, counted.
 func TestFloodStreamsPerUID(t *testing.T) {
 	_, admin, sock, _ := floodAgent(t, "limits:\n  max_streams_per_uid: 10\n  max_streams_per_conn: 64\n")
-	cc, ctx, err := rawClient(sock)
+	cc, ctx, err := testutil.RawClient(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
