@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
@@ -44,7 +45,8 @@ type Limits struct {
 	// and bounds the connection handshake.
 	IdleTimeout time.Duration
 	// Rate is the calls per second allowed per caller uid (a stream counts
-	// when it opens); Burst the bucket depth.
+	// when it opens; a unary call counts 1 plus 1 per KiB of request);
+	// Burst the bucket depth.
 	Rate  float64
 	Burst int
 }
@@ -96,9 +98,30 @@ func (l *limiter) refuse(reason string) error {
 	}
 }
 
+// costUnit is the request size that costs one more call of the rate
+// budget: a call with 32 audiences of 1 KiB costs 33 calls.
+const costUnit = 1024
+
+// callCost is what a request costs of its caller's rate budget: one call,
+// plus one per costUnit bytes of request (audiences and tokens are what
+// makes a call expensive).
+func callCost(req any) int {
+	m, ok := req.(proto.Message)
+	if !ok {
+		return 1
+	}
+	return 1 + proto.Size(m)/costUnit
+}
+
 // allowCall takes one call from the rate budget of ctx's caller uid. A
 // context without peer credentials is let through: attestation refuses it.
 func (l *limiter) allowCall(ctx context.Context) error {
+	return l.allowCost(ctx, 1)
+}
+
+// allowCost takes cost calls (at most the burst) from the rate budget of
+// ctx's caller uid.
+func (l *limiter) allowCost(ctx context.Context, cost int) error {
 	if l.cfg.Rate <= 0 {
 		return nil
 	}
@@ -116,7 +139,7 @@ func (l *limiter) allowCall(ctx context.Context) error {
 		l.rates[p.UID] = rl
 	}
 	l.mu.Unlock()
-	if !rl.Allow() {
+	if !rl.AllowN(time.Now(), min(cost, l.cfg.Burst)) {
 		return l.refuse(LimitedRate)
 	}
 	return nil

@@ -2,9 +2,11 @@ package workloadapi
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -99,4 +101,22 @@ func TestLimiterConcurrentAndPruned(t *testing.T) {
 	if len(l.rates) > maxRateUIDs || l.streams != 0 || len(l.perUID) != 0 {
 		t.Fatalf("rates %d, streams %d, perUID %d", len(l.rates), l.streams, len(l.perUID))
 	}
+}
+
+func TestCallCost(t *testing.T) {
+	aud := make([]string, 32)
+	for i := range aud {
+		aud[i] = strings.Repeat("a", 1024)
+	}
+	if c := callCost(&workload.JWTSVIDRequest{Audience: []string{"svc"}}); c != 1 {
+		t.Errorf("small request costs %d, want 1", c)
+	}
+	if c := callCost(&workload.JWTSVIDRequest{Audience: aud}); c < 33 || c > 34 {
+		t.Errorf("32 KiB of audiences cost %d, want 33", c)
+	}
+	l := newLimiter(Limits{Rate: 0.001, Burst: 10}, nil)
+	if err := l.allowCost(uidCtx(1), 100); err != nil {
+		t.Fatalf("a cost over the burst must be capped at the burst: %v", err)
+	}
+	wantExhausted(t, l.allowCost(uidCtx(1), 1))
 }

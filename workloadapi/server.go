@@ -151,7 +151,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		if err := s.headerDenied(ctx, rpc); err != nil {
 			return nil, err
 		}
-		if err := s.lim.allowCall(ctx); err != nil {
+		if err := s.lim.allowCost(ctx, callCost(req)); err != nil {
 			return nil, err
 		}
 		return h(ctx, req)
