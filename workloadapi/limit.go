@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nodeward/nodeward/workloadapi/peercred"
@@ -74,7 +75,7 @@ func newLimiter(cfg Limits, limited func(string)) *limiter {
 
 // serverOptions are the gRPC options that bound connections and streams.
 func (l *limiter) serverOptions() []grpc.ServerOption {
-	var opts []grpc.ServerOption
+	opts := []grpc.ServerOption{grpc.InTapHandle(l.tap)}
 	if l.cfg.MaxStreamsPerConn > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(l.cfg.MaxStreamsPerConn))
 	}
@@ -143,6 +144,26 @@ func (l *limiter) allowCost(ctx context.Context, cost int) error {
 		return l.refuse(LimitedRate)
 	}
 	return nil
+}
+
+// tap refuses a new call of a uid whose rate budget is empty before gRPC
+// reads and decodes its request: a flooding caller's refused calls then
+// cost the agent little more than their headers.
+func (l *limiter) tap(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	if l.cfg.Rate <= 0 {
+		return ctx, nil
+	}
+	p, ok := peercred.FromContext(ctx)
+	if !ok {
+		return ctx, nil
+	}
+	l.mu.Lock()
+	rl := l.rates[p.UID]
+	l.mu.Unlock()
+	if rl != nil && rl.TokensAt(time.Now()) < 1 {
+		return ctx, l.refuse(LimitedRate)
+	}
+	return ctx, nil
 }
 
 // pruneLocked drops limiters that are full again; if none is, it drops

@@ -120,3 +120,20 @@ func TestCallCost(t *testing.T) {
 	}
 	wantExhausted(t, l.allowCost(uidCtx(1), 1))
 }
+
+func TestTapRefusesEmptyBudget(t *testing.T) {
+	r := &reasons{m: map[string]int{}}
+	l := newLimiter(Limits{Rate: 0.001, Burst: 2}, r.add)
+	if _, err := l.tap(uidCtx(1), nil); err != nil {
+		t.Fatalf("first call of a uid refused: %v", err)
+	}
+	_ = l.allowCost(uidCtx(1), 2)
+	_, err := l.tap(uidCtx(1), nil)
+	wantExhausted(t, err)
+	if _, err := l.tap(uidCtx(2), nil); err != nil {
+		t.Fatalf("another uid refused: %v", err)
+	}
+	if r.m[LimitedRate] != 1 {
+		t.Fatalf("reasons = %v", r.m)
+	}
+}
