@@ -356,7 +356,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	if !a.ca.NextRotation().IsZero() {
 		g.Go(func() error { a.rotateIntermediates(ctx); return nil })
 	}
-	l = a.limits.listener(l, a.log)
+	l = a.limits.listener(l, a.log, a.server.ReadDelay)
 	g.Go(func() error { return a.server.Serve(ctx, l) })
 	if admin != nil {
 		g.Go(func() error { return a.serveAdmin(ctx, admin) })

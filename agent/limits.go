@@ -81,14 +81,16 @@ func (s *limitsState) server() workloadapi.Limits {
 // limited counts a refused call or connection.
 func (s *limitsState) limited(reason string) { s.m.Limited.WithLabelValues(reason).Inc() }
 
-// listener wraps the Workload API listener with the connection caps.
-func (s *limitsState) listener(l net.Listener, log *slog.Logger) net.Listener {
+// listener wraps the Workload API listener with the connection caps; reads
+// of a uid over its rate budget wait for readDelay.
+func (s *limitsState) listener(l net.Listener, log *slog.Logger, readDelay func(uint32) time.Duration) net.Listener {
 	cl := connlimit.New(l, connlimit.Config{
 		MaxConns:       s.cfg.MaxConns,
 		MaxConnsPerUID: s.cfg.MaxConnsPerUID,
 		Refused:        s.limited,
 		AcceptError:    func(kind string) { s.m.AcceptErrors.WithLabelValues(kind).Inc() },
 		Logger:         log,
+		ReadDelay:      readDelay,
 	})
 	s.l.Store(cl)
 	return cl

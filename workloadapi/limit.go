@@ -166,6 +166,31 @@ func (l *limiter) tap(ctx context.Context, _ *tap.Info) (context.Context, error)
 	return ctx, nil
 }
 
+// maxReadDelay bounds one read delay of a connection over its rate budget.
+const maxReadDelay = time.Second
+
+// ReadDelay is how long to wait before reading more from a connection of
+// uid (see connlimit.Config.ReadDelay): while uid's rate budget is empty,
+// the time until it holds a call again (at most a second); else 0.
+func (s *Server) ReadDelay(uid uint32) time.Duration { return s.lim.readDelay(uid) }
+
+func (l *limiter) readDelay(uid uint32) time.Duration {
+	if l.cfg.Rate <= 0 {
+		return 0
+	}
+	l.mu.Lock()
+	rl := l.rates[uid]
+	l.mu.Unlock()
+	if rl == nil {
+		return 0
+	}
+	tokens := rl.TokensAt(time.Now())
+	if tokens >= 1 {
+		return 0
+	}
+	return min(time.Duration((1-tokens)/l.cfg.Rate*float64(time.Second)), maxReadDelay)
+}
+
 // pruneLocked drops limiters that are full again; if none is, it drops
 // some at random (those uids get a fresh burst). l.mu must be held.
 func (l *limiter) pruneLocked() {

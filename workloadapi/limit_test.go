@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc/codes"
@@ -135,5 +136,24 @@ func TestTapRefusesEmptyBudget(t *testing.T) {
 	}
 	if r.m[LimitedRate] != 1 {
 		t.Fatalf("reasons = %v", r.m)
+	}
+}
+
+func TestReadDelay(t *testing.T) {
+	l := newLimiter(Limits{Rate: 10, Burst: 2}, nil)
+	if d := l.readDelay(1); d != 0 {
+		t.Fatalf("unknown uid delayed %v", d)
+	}
+	_ = l.allowCost(uidCtx(1), 2)
+	if d := l.readDelay(1); d <= 0 || d > 100*time.Millisecond {
+		t.Fatalf("empty budget at 10/s: delay %v, want (0, 100ms]", d)
+	}
+	if d := l.readDelay(2); d != 0 {
+		t.Fatalf("another uid delayed %v", d)
+	}
+	slow := newLimiter(Limits{Rate: 0.001, Burst: 1}, nil)
+	_ = slow.allowCall(uidCtx(1))
+	if d := slow.readDelay(1); d != maxReadDelay {
+		t.Fatalf("delay %v, want the cap %v", d, maxReadDelay)
 	}
 }

@@ -60,11 +60,26 @@ func BenchmarkFlood(b *testing.B) {
 			cfg, sock := testutil.WriteConfig(b, dir, "example.org", entries()+extra)
 			a := testutil.StartAgent(b, bin, cfg, sock)
 			testutil.WaitServing(b, sock, 10*time.Second)
+			floodPID := 0
 			if tc.mode != "" {
-				_, line := testutil.StartFlood(b, dir, tc.mode, sock, tc.n, tc.uid)
+				f, line := testutil.StartFlood(b, dir, tc.mode, sock, tc.n, tc.uid)
 				b.Logf("flood %s: %s", tc.mode, line)
+				floodPID = f.PID()
 			}
+			agent0, _ := procStat(b, a.Cmd.Process.Pid)
+			var flood0 time.Duration
+			if floodPID != 0 {
+				flood0, _ = procStat(b, floodPID)
+			}
+			t0 := time.Now()
 			paced(b, a)
+			wall := time.Since(t0)
+			agent1, _ := procStat(b, a.Cmd.Process.Pid)
+			b.ReportMetric(100*(agent1-agent0).Seconds()/wall.Seconds(), "agent-cpu-%")
+			if floodPID != 0 {
+				flood1, _ := procStat(b, floodPID)
+				b.ReportMetric(100*(flood1-flood0).Seconds()/wall.Seconds(), "flooder-cpu-%")
+			}
 			b.ReportMetric(float64(vmKiB(b, a.Cmd.Process.Pid, "VmHWM"))/1024, "agent-peak-rss-MiB")
 		})
 	}

@@ -241,6 +241,9 @@ func StartFlood(t testing.TB, dir, mode, sock string, n int, uid uint32) (*Flood
 	return nil, ""
 }
 
+// PID returns the child's process id.
+func (f *Flood) PID() int { return f.cmd.Process.Pid }
+
 // Stop closes the child's stdin and waits for it (killing it after 10 s).
 func (f *Flood) Stop() {
 	_ = f.stdin.Close()

@@ -53,6 +53,11 @@ type Config struct {
 	// Logger gets accept errors (at most one line per 10 s) and refusals
 	// (likewise); nil: no logging.
 	Logger *slog.Logger
+	// ReadDelay, if set, is asked before every read from a connection of
+	// uid how long to wait first: back-pressure on a caller over its rate
+	// budget, whose further requests then wait in its own socket buffer
+	// instead of costing the agent CPU to read and refuse.
+	ReadDelay func(uid uint32) time.Duration
 	// PeerUID returns the peer uid of an accepted connection; nil:
 	// SO_PEERCRED. Tests replace it.
 	PeerUID func(net.Conn) (uint32, error)
@@ -139,7 +144,7 @@ func (l *Listener) admit(c net.Conn) (net.Conn, bool) {
 			l.open++
 			l.perUID[uid]++
 			l.mu.Unlock()
-			return &conn{Conn: c, l: l, uid: uid}, true
+			return &conn{Conn: c, l: l, uid: uid, closed: make(chan struct{})}, true
 		}
 		l.mu.Unlock()
 	}
@@ -191,14 +196,34 @@ func (l *Listener) logf(kind, msg string, args ...any) {
 // conn releases its slot once, on the first Close.
 type conn struct {
 	net.Conn
-	l    *Listener
-	uid  uint32
-	once sync.Once
+	l      *Listener
+	uid    uint32
+	once   sync.Once
+	closed chan struct{}
+}
+
+// Read waits for the configured read delay (or until the conn is closed),
+// then reads.
+func (c *conn) Read(p []byte) (int, error) {
+	if c.l.cfg.ReadDelay != nil {
+		if d := c.l.cfg.ReadDelay(c.uid); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-c.closed:
+				t.Stop()
+			}
+		}
+	}
+	return c.Conn.Read(p)
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.l.release(c.uid) })
+	c.once.Do(func() {
+		close(c.closed)
+		c.l.release(c.uid)
+	})
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -272,5 +273,41 @@ func TestRealUnixSocket(t *testing.T) {
 		_ = s3.Close()
 	case <-time.After(10 * time.Second):
 		t.Fatal("slot not released on close")
+	}
+}
+
+// A read delay holds a read back, and Close ends the wait.
+func TestReadDelay(t *testing.T) {
+	f := newFake()
+	var delayed atomic.Int32
+	l := New(f, Config{
+		PeerUID:   func(net.Conn) (uint32, error) { return 7, nil },
+		ReadDelay: func(uid uint32) time.Duration { delayed.Add(1); return time.Hour },
+	})
+	defer l.Close()
+	a, b := net.Pipe()
+	defer b.Close()
+	f.ch <- a
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := c.Read(make([]byte, 1)); errc <- err }()
+	deadline := time.Now().Add(10 * time.Second)
+	for delayed.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("read did not ask for a delay")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_ = c.Close()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("read of a closed conn succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the read delay")
 	}
 }

@@ -91,6 +91,9 @@ type conn struct {
 	info *Info
 }
 
+// Read reads through the wrapper, if any (it may pace reads).
+func (c *conn) Read(p []byte) (int, error) { return c.raw.Read(p) }
+
 // Close closes the socket (through its wrapper, if any) and the pidfd.
 func (c *conn) Close() error {
 	return errors.Join(c.raw.Close(), c.info.Close())
