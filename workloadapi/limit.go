@@ -3,6 +3,7 @@ package workloadapi
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -60,7 +61,26 @@ type limiter struct {
 	mu      sync.Mutex
 	streams int
 	perUID  map[uint32]int
-	rates   map[uint32]*rate.Limiter
+	rates   map[uint32]*bucket
+}
+
+// bucket is one uid's rate budget, with what its last refused call needed:
+// until the budget holds that much, further calls are refused before they
+// are read (tap) and the uid's connections are read slowly (readDelay).
+type bucket struct {
+	rl   *rate.Limiter
+	need atomic.Int64
+}
+
+// waiting reports whether b cannot pay for the call it last refused, and
+// how long until it can.
+func (b *bucket) waiting(r float64, now time.Time) (bool, time.Duration) {
+	need := float64(max(1, b.need.Load()))
+	tokens := b.rl.TokensAt(now)
+	if tokens >= need {
+		return false, 0
+	}
+	return true, time.Duration((need - tokens) / r * float64(time.Second))
 }
 
 func newLimiter(cfg Limits, limited func(string)) *limiter {
@@ -70,7 +90,7 @@ func newLimiter(cfg Limits, limited func(string)) *limiter {
 	if cfg.Burst <= 0 {
 		cfg.Burst = max(1, int(cfg.Rate))
 	}
-	return &limiter{cfg: cfg, limited: limited, perUID: make(map[uint32]int), rates: make(map[uint32]*rate.Limiter)}
+	return &limiter{cfg: cfg, limited: limited, perUID: make(map[uint32]int), rates: make(map[uint32]*bucket)}
 }
 
 // serverOptions are the gRPC options that bound connections and streams.
@@ -131,24 +151,28 @@ func (l *limiter) allowCost(ctx context.Context, cost int) error {
 		return nil
 	}
 	l.mu.Lock()
-	rl := l.rates[p.UID]
-	if rl == nil {
+	b := l.rates[p.UID]
+	if b == nil {
 		if len(l.rates) >= maxRateUIDs {
 			l.pruneLocked()
 		}
-		rl = rate.NewLimiter(rate.Limit(l.cfg.Rate), l.cfg.Burst)
-		l.rates[p.UID] = rl
+		b = &bucket{rl: rate.NewLimiter(rate.Limit(l.cfg.Rate), l.cfg.Burst)}
+		l.rates[p.UID] = b
 	}
 	l.mu.Unlock()
-	if !rl.AllowN(time.Now(), min(cost, l.cfg.Burst)) {
+	cost = min(cost, l.cfg.Burst)
+	if !b.rl.AllowN(time.Now(), cost) {
+		b.need.Store(int64(cost))
 		return l.refuse(LimitedRate)
 	}
+	b.need.Store(1)
 	return nil
 }
 
-// tap refuses a new call of a uid whose rate budget is empty before gRPC
-// reads and decodes its request: a flooding caller's refused calls then
-// cost the agent little more than their headers.
+// tap refuses a new call of a uid whose rate budget cannot pay for the call
+// it last refused (or for one call), before gRPC reads and decodes its
+// request: a flooding caller's refused calls then cost the agent little
+// more than their headers.
 func (l *limiter) tap(ctx context.Context, _ *tap.Info) (context.Context, error) {
 	if l.cfg.Rate <= 0 {
 		return ctx, nil
@@ -158,9 +182,12 @@ func (l *limiter) tap(ctx context.Context, _ *tap.Info) (context.Context, error)
 		return ctx, nil
 	}
 	l.mu.Lock()
-	rl := l.rates[p.UID]
+	b := l.rates[p.UID]
 	l.mu.Unlock()
-	if rl != nil && rl.TokensAt(time.Now()) < 1 {
+	if b == nil {
+		return ctx, nil
+	}
+	if wait, _ := b.waiting(l.cfg.Rate, time.Now()); wait {
 		return ctx, l.refuse(LimitedRate)
 	}
 	return ctx, nil
@@ -170,8 +197,9 @@ func (l *limiter) tap(ctx context.Context, _ *tap.Info) (context.Context, error)
 const maxReadDelay = time.Second
 
 // ReadDelay is how long to wait before reading more from a connection of
-// uid (see connlimit.Config.ReadDelay): while uid's rate budget is empty,
-// the time until it holds a call again (at most a second); else 0.
+// uid (see connlimit.Config.ReadDelay): while uid's rate budget cannot pay
+// for the call it last refused, the time until it can (at most a second);
+// else 0.
 func (s *Server) ReadDelay(uid uint32) time.Duration { return s.lim.readDelay(uid) }
 
 func (l *limiter) readDelay(uid uint32) time.Duration {
@@ -179,24 +207,21 @@ func (l *limiter) readDelay(uid uint32) time.Duration {
 		return 0
 	}
 	l.mu.Lock()
-	rl := l.rates[uid]
+	b := l.rates[uid]
 	l.mu.Unlock()
-	if rl == nil {
+	if b == nil {
 		return 0
 	}
-	tokens := rl.TokensAt(time.Now())
-	if tokens >= 1 {
-		return 0
-	}
-	return min(time.Duration((1-tokens)/l.cfg.Rate*float64(time.Second)), maxReadDelay)
+	_, d := b.waiting(l.cfg.Rate, time.Now())
+	return min(d, maxReadDelay)
 }
 
 // pruneLocked drops limiters that are full again; if none is, it drops
 // some at random (those uids get a fresh burst). l.mu must be held.
 func (l *limiter) pruneLocked() {
 	now := time.Now()
-	for uid, rl := range l.rates {
-		if rl.TokensAt(now) >= float64(l.cfg.Burst) {
+	for uid, b := range l.rates {
+		if b.rl.TokensAt(now) >= float64(l.cfg.Burst) {
 			delete(l.rates, uid)
 		}
 	}

@@ -157,3 +157,19 @@ func TestReadDelay(t *testing.T) {
 		t.Fatalf("delay %v, want the cap %v", d, maxReadDelay)
 	}
 }
+
+// After a costly call was refused, the tap and the read delay wait until
+// the budget can pay for it, not just for one call.
+func TestNeedOfRefusedCall(t *testing.T) {
+	l := newLimiter(Limits{Rate: 100, Burst: 50}, nil)
+	ctx := uidCtx(1)
+	if err := l.allowCost(ctx, 40); err != nil {
+		t.Fatal(err)
+	}
+	wantExhausted(t, l.allowCost(ctx, 40)) // ~10 tokens left
+	_, err := l.tap(ctx, nil)
+	wantExhausted(t, err)
+	if d := l.readDelay(1); d < 200*time.Millisecond || d > 310*time.Millisecond {
+		t.Fatalf("read delay %v, want ~300ms (30 tokens at 100/s)", d)
+	}
+}
