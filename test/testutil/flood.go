@@ -37,6 +37,7 @@ const FloodEnv = "NODEWARD_TEST_FLOOD"
 //	jwt n      n FetchJWTSVID calls, each with 32 distinct 1 KiB audiences,
 //	           from 4 goroutines; print "DONE ok exhausted". With n = 0:
 //	           print "READY" and call until stdin closes.
+//	jwt-small n  as jwt, with one short audience per call.
 //	streams n  open n FetchX509SVID streams on one connection; print
 //	           "READY k" once 64 answered; hold them until stdin closes.
 func FloodChild() {
@@ -58,7 +59,9 @@ func FloodChild() {
 	case "idle":
 		err = floodIdle(parts[1], n)
 	case "jwt":
-		err = floodJWT(parts[1], n)
+		err = floodJWT(parts[1], n, 32, 1012)
+	case "jwt-small":
+		err = floodJWT(parts[1], n, 1, 0)
 	case "streams":
 		err = floodStreams(parts[1], n)
 	default:
@@ -103,7 +106,7 @@ func RawClient(sock string) (*grpc.ClientConn, context.Context, error) {
 	return cc, metadata.AppendToOutgoingContext(context.Background(), "workload.spiffe.io", "true"), nil
 }
 
-func floodJWT(sock string, n int) error {
+func floodJWT(sock string, n, auds, pad int) error {
 	cc, ctx, err := RawClient(sock)
 	if err != nil {
 		return err
@@ -121,9 +124,9 @@ func floodJWT(sock string, n int) error {
 	for range 4 {
 		wg.Go(func() {
 			for i := next.Add(1); (n <= 0 && !stop.Load()) || (n > 0 && i <= int64(n)); i = next.Add(1) {
-				aud := make([]string, 32)
+				aud := make([]string, auds)
 				for j := range aud {
-					aud[j] = fmt.Sprintf("%08d-%02d-%s", i, j, strings.Repeat("a", 1012))
+					aud[j] = fmt.Sprintf("%08d-%02d-%s", i, j, strings.Repeat("a", pad))
 				}
 				_, err := c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: aud})
 				switch status.Code(err) {
