@@ -48,6 +48,7 @@ type Agent struct {
 	extraStatus func() any // set by AttachStatus
 	audit       *audit.Logger
 	obs         *observer
+	limits      *limitsState
 	node        *node    // nil without a tpm section
 	tpm         *tpm.TPM // the TPM, when configured
 	ownsTPM     bool     // opened by New (closed when Serve ends)
@@ -164,13 +165,15 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	a.obs = &observer{m: a.metrics, audit: al, log: log}
 	dropped := a.metrics.AuditDropped.WithLabelValues("rate_limited")
 	al.SetHooks(audit.Hooks{Lost: a.metrics.AuditErrors.Inc, Dropped: dropped.Inc})
-	a.store, err = identity.New(identity.Config{CA: c, Index: ix, Logger: log, Observer: a.obs})
+	a.limits = newLimits(cfg.Limits, a.metrics, log)
+	a.store, err = identity.New(identity.Config{CA: c, Index: ix, Logger: log, Observer: a.obs, JWTCacheBytes: cfg.Limits.JWTCacheBytes})
 	if err != nil {
 		return nil, err
 	}
 	a.unix, a.attestors = BuiltIns(log)
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
-	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log, Observer: a.obs, Audit: al})
+	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log, Observer: a.obs, Audit: al,
+		Limits: a.limits.server(), Limited: a.limits.limited})
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +287,7 @@ func (a *Agent) Reload(cfg *config.Agent) error {
 		!reflect.DeepEqual(cfg.TPM, old.TPM) || cfg.CA != old.CA {
 		a.log.Warn("reload: trust_domain, socket_path, data_dir, admin_listen, tpm and ca changes need a restart; keeping the old values")
 	}
+	warnLimitsReload(a.log, old, cfg)
 	if a.node != nil {
 		a.node.requoteNow() // a changed PCR takes effect on SIGHUP
 	}
@@ -352,6 +356,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	if !a.ca.NextRotation().IsZero() {
 		g.Go(func() error { a.rotateIntermediates(ctx); return nil })
 	}
+	l = a.limits.listener(l, a.log, a.server.ReadDelay)
 	g.Go(func() error { return a.server.Serve(ctx, l) })
 	if admin != nil {
 		g.Go(func() error { return a.serveAdmin(ctx, admin) })

@@ -40,6 +40,7 @@ type Server struct {
 	log     *slog.Logger
 	obs     Observer
 	audit   *audit.Logger
+	lim     *limiter
 }
 
 // Config configures a Server.
@@ -48,6 +49,9 @@ type Config struct {
 	Logger   *slog.Logger
 	Observer Observer      // nil: no measurements
 	Audit    *audit.Logger // nil: no audit trail
+	Limits   Limits        // zero: unlimited
+	// Limited is told of each call refused by Limits (a Limited* reason).
+	Limited func(reason string)
 }
 
 // New returns a Server.
@@ -61,7 +65,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	return &Server{backend: cfg.Backend, log: cfg.Logger, obs: cfg.Observer, audit: cfg.Audit}, nil
+	return &Server{backend: cfg.Backend, log: cfg.Logger, obs: cfg.Observer, audit: cfg.Audit,
+		lim: newLimiter(cfg.Limits, cfg.Limited)}, nil
 }
 
 type nopObserver struct{}
@@ -83,7 +88,7 @@ func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.UnaryInterceptor(s.unaryInterceptor),
 		grpc.StreamInterceptor(s.streamInterceptor),
-	}, opts...)
+	}, append(s.lim.serverOptions(), opts...)...)
 	g := grpc.NewServer(opts...)
 	workload.RegisterSpiffeWorkloadAPIServer(g, s)
 	return g
@@ -146,6 +151,9 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		if err := s.headerDenied(ctx, rpc); err != nil {
 			return nil, err
 		}
+		if err := s.lim.allowCost(ctx, callCost(req)); err != nil {
+			return nil, err
+		}
 		return h(ctx, req)
 	}()
 	s.obs.RPCDone(rpc, status.Code(err).String(), time.Since(start))
@@ -156,11 +164,16 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	start := time.Now()
 	rpc := rpcName(info.FullMethod)
 	err := s.headerDenied(ss.Context(), rpc)
+	release := func() {}
+	if err == nil {
+		release, err = s.lim.openStream(ss.Context())
+	}
 	if err == nil {
 		s.obs.StreamOpen(rpc, 1)
 		err = h(srv, ss)
 		s.obs.StreamOpen(rpc, -1)
 	}
+	release()
 	s.obs.RPCDone(rpc, status.Code(err).String(), time.Since(start))
 	return err
 }

@@ -81,6 +81,8 @@ type Agent struct {
 	TPM *TPM
 	// CA is the ca section.
 	CA CA
+	// Limits bound what Workload API callers can make the agent hold.
+	Limits Limits
 	// Source is the file it came from ("" for the embedded default).
 	Source string
 }
@@ -135,6 +137,7 @@ func Default() *Agent {
 		AuditLog:    "stdout",
 		Guardrails:  DefaultGuardrails(),
 		MaxProcs:    defaultMaxProcs(),
+		Limits:      DefaultLimits(),
 	}
 }
 

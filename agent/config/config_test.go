@@ -261,3 +261,39 @@ entries:
 		t.Errorf("default guardrails = %+v", d)
 	}
 }
+
+func TestLimits(t *testing.T) {
+	cfg, err := Parse("agent.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Limits != DefaultLimits() {
+		t.Fatalf("default limits = %+v", cfg.Limits)
+	}
+	cfg, err = Parse("agent.yaml", []byte(`limits:
+  max_conns: 10
+  max_conns_per_uid: 2
+  max_streams: 20
+  max_streams_per_conn: 3
+  max_streams_per_uid: 4
+  idle_timeout: 30s
+  rate: 0
+  burst: 5
+  jwt_cache_bytes: 1MiB
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Limits{MaxConns: 10, MaxConnsPerUID: 2, MaxStreams: 20, MaxStreamsPerConn: 3, MaxStreamsPerUID: 4,
+		IdleTimeout: Duration(30 * time.Second), Rate: 0, Burst: 5, JWTCacheBytes: 1 << 20}
+	if cfg.Limits != want {
+		t.Fatalf("limits = %+v, want %+v", cfg.Limits, want)
+	}
+	cfg, err = Parse("agent.yaml", []byte("limits:\n  rate: 2.5\n  jwt_cache_bytes: 65536\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Limits.Rate != 2.5 || cfg.Limits.JWTCacheBytes != 64<<10 || cfg.Limits.MaxConns != 1024 {
+		t.Fatalf("limits = %+v", cfg.Limits)
+	}
+}

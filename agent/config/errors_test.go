@@ -34,6 +34,24 @@ func TestErrorsGolden(t *testing.T) {
 		{"non-string key", "[a]: 1\n",
 			`agent.yaml:1: keys must be plain strings`, nil},
 
+		// Limits.
+		{"unknown limits key", "limits:\n  max_conn: 1\n",
+			`agent.yaml:2: unknown key "max_conn" in limits`, ErrUnknownKey},
+		{"limits not a mapping", "limits: 5\n",
+			`agent.yaml:1: limits: want a mapping, got "5"`, nil},
+		{"limits zero count", "limits:\n  max_conns_per_uid: 0\n",
+			`agent.yaml:2: limits.max_conns_per_uid: want an integer from 1 to 1048576, got "0"`, nil},
+		{"limits count not int", "limits:\n  max_streams: lots\n",
+			`agent.yaml:2: limits.max_streams: want an integer from 1 to 1048576, got "lots"`, nil},
+		{"limits negative rate", "limits:\n  rate: -1\n",
+			`agent.yaml:2: limits.rate: want calls per second from 0 (unlimited) to 1048576, got "-1"`, nil},
+		{"limits bad size", "limits:\n  jwt_cache_bytes: 4MB\n",
+			`agent.yaml:2: limits.jwt_cache_bytes: want a size from 64KiB to 1GiB such as 4MiB, got "4MB"`, nil},
+		{"limits tiny size", "limits:\n  jwt_cache_bytes: 1KiB\n",
+			`agent.yaml:2: limits.jwt_cache_bytes: want a size from 64KiB to 1GiB such as 4MiB, got "1KiB"`, nil},
+		{"limits idle without unit", "limits:\n  idle_timeout: 300\n",
+			`agent.yaml:2: limits.idle_timeout: invalid duration "300": give a unit, such as 1h or 300s`, nil},
+
 		// Documents and syntax.
 		{"two documents", "trust_domain: a.org\n---\ntrust_domain: b.org\n",
 			`agent.yaml:2: more than one YAML document (a second "---")`, nil},

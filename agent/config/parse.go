@@ -85,6 +85,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 			"guardrails": func(v *yaml.Node) error { return d.guardrails(v, &cfg.Guardrails) },
 			"tpm":        func(v *yaml.Node) error { return d.tpm(v, &cfg.TPM) },
 			"ca":         func(v *yaml.Node) error { caNode = v; return d.ca(v, &cfg.CA) },
+			"limits":     func(v *yaml.Node) error { return d.limits(v, &cfg.Limits) },
 			"entries":    func(v *yaml.Node) error { entriesNode = v; return nil },
 			"broker": func(v *yaml.Node) error {
 				b, err := d.section(m, "broker", v, data)

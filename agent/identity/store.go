@@ -22,7 +22,6 @@ import (
 	"sync"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
@@ -49,6 +48,9 @@ type Config struct {
 	Clock func() time.Time
 	// JWTCacheSize bounds the JWT-SVID cache; default 10,000.
 	JWTCacheSize int
+	// JWTCacheBytes bounds the bytes held by each JWT-SVID cache (minted
+	// and validated tokens); default DefaultJWTCacheBytes.
+	JWTCacheBytes int64
 	// Observer hears of mints, rotations and revocations; nil: nobody.
 	Observer Observer
 }
@@ -117,8 +119,8 @@ type Store struct {
 	wake    chan struct{}   // nudges the rotation loop
 	expired map[string]bool // entry IDs whose expiry was already handled
 
-	jwt       *lru.Cache[jwtKey, *JWTSVID]
-	validated *lru.Cache[[32]byte, *jwtsvid.SVID]
+	jwt       *sizedCache[jwtKey, *JWTSVID]
+	validated *sizedCache[[32]byte, *validatedSVID]
 }
 
 // New returns a Store.
@@ -141,14 +143,11 @@ func New(cfg Config) (*Store, error) {
 	if cfg.JWTCacheSize <= 0 {
 		cfg.JWTCacheSize = 10000
 	}
-	jc, err := lru.New[jwtKey, *JWTSVID](cfg.JWTCacheSize)
-	if err != nil {
-		return nil, fmt.Errorf("identity: jwt cache: %w", err)
+	if cfg.JWTCacheBytes <= 0 {
+		cfg.JWTCacheBytes = DefaultJWTCacheBytes
 	}
-	vc, err := lru.New[[32]byte, *jwtsvid.SVID](1024)
-	if err != nil {
-		return nil, fmt.Errorf("identity: validation cache: %w", err)
-	}
+	jc := newSizedCache(cfg.JWTCacheSize, cfg.JWTCacheBytes, jwtSize)
+	vc := newSizedCache(1024, cfg.JWTCacheBytes, validatedSize)
 	return &Store{
 		validated: vc,
 		ca:        cfg.CA,
@@ -491,7 +490,8 @@ func (s *Store) jwtFor(e *policy.Entry, audience []string, audKey string) (*JWTS
 // signature check once; expiry and audience are checked on every call.
 func (s *Store) ValidateJWTSVID(token, audience string) (*jwtsvid.SVID, error) {
 	key := sha256.Sum256([]byte(token))
-	if svid, ok := s.validated.Get(key); ok {
+	if v, ok := s.validated.Get(key); ok {
+		svid := v.svid
 		if !s.clock().Before(svid.Expiry) {
 			s.validated.Remove(key)
 			return nil, errors.New("validate JWT-SVID: token has expired")
@@ -505,7 +505,7 @@ func (s *Store) ValidateJWTSVID(token, audience string) (*jwtsvid.SVID, error) {
 	if err != nil {
 		return nil, fmt.Errorf("validate JWT-SVID: %w", err)
 	}
-	s.validated.Add(key, svid)
+	s.validated.Add(key, &validatedSVID{svid: svid, size: len(token)})
 	return svid, nil
 }
 

@@ -45,6 +45,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if cfg.MaxProcs > 0 {
 		runtime.GOMAXPROCS(cfg.MaxProcs)
 	}
+	agent.RaiseFileLimit(log)
 
 	socks, err := systemd.Activated()
 	if err != nil {

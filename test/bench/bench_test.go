@@ -137,9 +137,13 @@ func runCalls(b *testing.B, a *testutil.Agent, conc int, call rpc) {
 	b.ReportMetric(float64(rss)/1024, "agent-rss-MiB")
 }
 
+// unthrottled lifts the per-uid rate limit (default 1,000 calls/s), which
+// a load generator on one uid would otherwise hit.
+const unthrottled = "limits:\n  rate: 0\n"
+
 func startAgent(b *testing.B) *testutil.Agent {
 	dir := testutil.SocketDir(b)
-	cfg, sock := testutil.WriteConfig(b, dir, "example.org", entries())
+	cfg, sock := testutil.WriteConfig(b, dir, "example.org", unthrottled+entries())
 	a := testutil.StartAgent(b, bin, cfg, sock)
 	testutil.WaitServing(b, sock, 10*time.Second)
 	return a
@@ -211,7 +215,7 @@ func BenchmarkAgentRSS(b *testing.B) {
 // X.509-SVID received by a go-spiffe client.
 func BenchmarkStartToFirstSVID(b *testing.B) {
 	dir := testutil.SocketDir(b)
-	cfg, sock := testutil.WriteConfig(b, dir, "example.org", entries())
+	cfg, sock := testutil.WriteConfig(b, dir, "example.org", unthrottled+entries())
 	// First start creates the CA; later starts load it.
 	warm := exec.Command(bin, "agent", "--config", cfg)
 	if err := warm.Start(); err != nil {

@@ -169,7 +169,9 @@ func TestAuditValidateFloodBounded(t *testing.T) {
 		t.Skip("needs root to run the flooding caller as uid 65534")
 	}
 	dir := testutil.SocketDir(t)
-	admin, sock, auditLog, _ := startAuditAgent(t, dir, "")
+	// The Workload API rate limit (limits.rate) would refuse most of the
+	// flood before it reaches the audit trail: lift it to test the trail's.
+	admin, sock, auditLog, _ := startAuditAgent(t, dir, "limits:\n  rate: 0\n")
 	// The flooding child is this test binary, somewhere uid 65534 may run it.
 	self, err := os.Executable()
 	if err != nil {

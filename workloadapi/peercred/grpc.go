@@ -49,8 +49,16 @@ func (creds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, crede
 // ServerHandshake reads the peer credentials of a Unix connection. On error
 // gRPC closes the raw connection; on success the returned conn closes the
 // pidfd together with the socket.
+//
+// A wrapper of a Unix connection (such as a connection-limiting listener's)
+// is accepted when it has a UnixConn() *net.UnixConn method; closing the
+// returned conn then closes the wrapper.
 func (creds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	uc, ok := c.(*net.UnixConn)
+	if w, isWrapper := c.(interface{ UnixConn() *net.UnixConn }); isWrapper {
+		uc = w.UnixConn()
+		ok = uc != nil
+	}
 	if !ok {
 		return nil, nil, fmt.Errorf("peercred: %T is not a Unix socket connection", c)
 	}
@@ -58,7 +66,7 @@ func (creds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("peercred handshake: %w", err)
 	}
-	return &conn{UnixConn: uc, info: info}, AuthInfo{
+	return &conn{UnixConn: uc, raw: c, info: info}, AuthInfo{
 		// A local socket: nobody but the kernel sits between the peers.
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		Info:           info,
@@ -79,10 +87,14 @@ func (creds) OverrideServerName(string) error { return nil }
 // conn closes the pidfd together with the connection.
 type conn struct {
 	*net.UnixConn
+	raw  net.Conn // the conn handed to ServerHandshake (uc or its wrapper)
 	info *Info
 }
 
-// Close closes the socket and the pidfd.
+// Read reads through the wrapper, if any (it may pace reads).
+func (c *conn) Read(p []byte) (int, error) { return c.raw.Read(p) }
+
+// Close closes the socket (through its wrapper, if any) and the pidfd.
 func (c *conn) Close() error {
-	return errors.Join(c.UnixConn.Close(), c.info.Close())
+	return errors.Join(c.raw.Close(), c.info.Close())
 }
