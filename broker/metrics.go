@@ -47,6 +47,9 @@ func NewMetrics(r prometheus.Registerer, cachedKeys func() float64) *Metrics {
 	}
 	m.RateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodeward_broker_rate_limited_total",
 		Help: "Token requests refused with 429 by the per-caller limits, by reason (upstream_calls, keys)."}, []string{"reason"})
+	for _, r := range []string{"upstream_calls", "keys"} {
+		m.RateLimited.WithLabelValues(r) // exported at zero from the start
+	}
 	m.AuditLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_audit_write_errors_total",
 		Help: "Broker audit records that could not be written."})
 	m.AuditDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_audit_dropped_total",

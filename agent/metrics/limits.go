@@ -30,5 +30,12 @@ func (m *Metrics) RegisterLimits(conns func() float64) *Limits {
 	m.Registry.MustRegister(l.Limited, l.AcceptErrors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "nodeward_workload_api_connections", Help: "Workload API connections open now.",
 	}, conns))
+	// Closed label sets start at zero (see initLabels).
+	for _, r := range []string{"rate", "max_streams", "max_streams_per_uid", "max_conns", "max_conns_per_uid", "no_peer_credentials"} {
+		l.Limited.WithLabelValues(r)
+	}
+	for _, k := range []string{"emfile", "enfile", "enobufs", "enomem", "econnaborted", "other"} {
+		l.AcceptErrors.WithLabelValues(k)
+	}
 	return l
 }

@@ -201,6 +201,9 @@ func TestDashboardQueriesMatchExportedMetrics(t *testing.T) {
 		Panels []struct {
 			Title   string `json:"title"`
 			Type    string `json:"type"`
+			GridPos struct {
+				X, W int
+			} `json:"gridPos"`
 			Targets []struct {
 				Expr string `json:"expr"`
 			} `json:"targets"`
@@ -211,6 +214,9 @@ func TestDashboardQueriesMatchExportedMetrics(t *testing.T) {
 	}
 	queries, rows := 0, map[string]bool{}
 	for _, p := range dash.Panels {
+		if p.GridPos.X+p.GridPos.W > 24 {
+			t.Errorf("panel %q: x %d + w %d is beyond Grafana's 24 columns", p.Title, p.GridPos.X, p.GridPos.W)
+		}
 		if p.Type == "row" {
 			rows[strings.ToLower(strings.Fields(p.Title)[0])] = true
 		}
