@@ -238,11 +238,32 @@ func CheckOptions(cfg *config.Agent, now time.Time) policy.CheckOptions {
 	return opts
 }
 
+// config returns the current configuration (Reload swaps it under a.mu).
+func (a *Agent) config() *config.Agent {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
 // Store returns the identity store (for status and tests).
 func (a *Agent) Store() *identity.Store { return a.store }
 
-// Ready reports whether the CA is loaded and the Workload API socket serves.
-func (a *Agent) Ready() bool { return a.serving.Load() }
+// Ready reports whether the CA is loaded, the Workload API socket serves
+// and the CA can issue a valid SVID now (see NotReadyReason).
+func (a *Agent) Ready() bool { return a.NotReadyReason() == "" }
+
+// NotReadyReason says why the agent is not ready, "" when it is: not
+// serving yet, or the CA's TPM-signed intermediate expired (or is about
+// to) and could not be renewed, so nothing valid can be issued.
+func (a *Agent) NotReadyReason() string {
+	if !a.serving.Load() {
+		return "not serving"
+	}
+	if !a.ca.CanIssue() {
+		return "CA intermediate expired and not renewed (TPM not answering?): no valid SVID can be issued"
+	}
+	return ""
+}
 
 // Serving is closed once the agent first serves (the CA is loaded and the
 // Workload API socket accepts): the moment to tell systemd READY=1.
@@ -319,7 +340,7 @@ func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
 // Run listens on the configured socket (and admin address) and serves until
 // ctx is done.
 func (a *Agent) Run(ctx context.Context) error {
-	l, err := peercred.Listen(a.cfg.SocketPath)
+	l, err := peercred.Listen(a.config().SocketPath)
 	if err != nil {
 		return fmt.Errorf("workload API socket: %w", err)
 	}
@@ -330,9 +351,9 @@ func (a *Agent) Run(ctx context.Context) error {
 // listener) until ctx is done.
 func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	var admin net.Listener
-	if a.cfg.AdminListen != "" {
+	if adminListen := a.config().AdminListen; adminListen != "" {
 		var err error
-		admin, err = net.Listen("tcp", a.cfg.AdminListen)
+		admin, err = net.Listen("tcp", adminListen)
 		if err != nil {
 			_ = l.Close()
 			return fmt.Errorf("admin_listen: %w", err)

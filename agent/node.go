@@ -182,7 +182,10 @@ func (n *node) pcrValues() map[string]string {
 // life; a failed rotation is retried (the current intermediate stays valid
 // until it expires).
 func (a *Agent) rotateIntermediates(ctx context.Context) {
-	retry := 5 * time.Second
+	// Capped and short: a TPM that hung past the intermediate's life must
+	// be used again as soon as it answers, not minutes later.
+	const minRetry, maxRetry = time.Second, 30 * time.Second
+	retry := minRetry
 	for {
 		wait := time.Until(a.ca.NextRotation())
 		t := time.NewTimer(max(wait, 0))
@@ -202,10 +205,11 @@ func (a *Agent) rotateIntermediates(ctx context.Context) {
 				return
 			case <-t.C:
 			}
-			retry = min(2*retry, 5*time.Minute)
+			retry = min(2*retry, maxRetry)
 			continue
 		}
-		retry = 5 * time.Second
+		retry = minRetry
+		a.store.Wake() // mint what the expired intermediate could not
 		a.metrics.IntermRotation.WithLabelValues("ok").Inc()
 		a.log.Info("rotated the CA intermediate (signed by the TPM-held root)", "not_after", a.ca.Intermediate().NotAfter)
 	}

@@ -15,6 +15,8 @@ import (
 type Status struct {
 	TrustDomain string           `json:"trust_domain"`
 	Ready       bool             `json:"ready"`
+	// Degraded says why the agent is not ready ("" when ready).
+	Degraded string `json:"degraded,omitempty"`
 	Uptime      string           `json:"uptime"`
 	Socket      string           `json:"socket"`
 	Entries     []EntryStatus    `json:"entries"`
@@ -75,12 +77,15 @@ type IdentityStatus struct {
 
 // Status returns a snapshot of the agent's state.
 func (a *Agent) Status() Status {
-	now := time.Now()
+	now := time.Now().Round(0)
+	socket := a.config().SocketPath
+	reason := a.NotReadyReason()
 	st := Status{
 		TrustDomain: a.ca.TrustDomain().Name(),
-		Ready:       a.Ready(),
+		Ready:       reason == "",
+		Degraded:    reason,
 		Uptime:      now.Sub(a.started).Round(time.Second).String(),
-		Socket:      a.cfg.SocketPath,
+		Socket:      socket,
 		Entries:     []EntryStatus{},
 		Identities:  []IdentityStatus{},
 		Streams:     a.obs.openStreams(),

@@ -87,3 +87,10 @@ func (c *CA) Intermediate() *x509.Certificate {
 	}
 	return c.issuer.Load().cert
 }
+
+// CanIssue reports whether the CA can mint a useful SVID now: false when a
+// TPM-signed intermediate has less than MinLeafLife left (it could not be
+// renewed in time, e.g. the TPM hangs). A file-held root always can.
+func (c *CA) CanIssue() bool {
+	return c.issuer.Load().cert.NotAfter.Sub(c.clock()) >= MinLeafLife
+}
