@@ -65,16 +65,19 @@ type Agent struct {
 // Option changes how New builds the agent.
 type Option func(*options)
 
-type options struct{ tpm *tpm.TPM }
+type options struct {
+	tpm *tpm.TPM
+	ctx context.Context
+}
+
+// WithContext makes New give up when ctx is done (SIGTERM or SIGINT
+// during start, while a TPM does not answer).
+func WithContext(ctx context.Context) Option { return func(o *options) { o.ctx = ctx } }
 
 // WithTPM makes the agent use tp for its tpm section instead of opening
 // the configured device or address (tests hand in a swtpm they also
 // drive). The caller keeps ownership of tp.
 func WithTPM(tp *tpm.TPM) Option { return func(o *options) { o.tpm = tp } }
-
-// startupTPMTimeout bounds the TPM work New does (open, EK, first quote,
-// CA key).
-const startupTPMTimeout = 60 * time.Second
 
 // New validates cfg, loads (or creates) the CA and builds the policy index.
 // With a tpm section it opens the TPM, attests the node and, with ca.key
@@ -84,10 +87,11 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var o options
+	o := options{ctx: context.Background()}
 	for _, opt := range opts {
 		opt(&o)
 	}
+	ctx := o.ctx
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
@@ -99,7 +103,12 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		nd      *node
 	)
 	if cfg.TPM != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), startupTPMTimeout)
+		timeout := time.Duration(cfg.TPM.StartupTimeout)
+		if timeout <= 0 {
+			timeout = config.DefaultStartupTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if tp = o.tpm; tp == nil {
 			if tp, err = tpm.Open(ctx, cfg.TPM.Addr()); err != nil {
@@ -128,7 +137,7 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 			caCfg.IntermediateTTL = time.Duration(cfg.CA.IntermediateTTL)
 		}
 	}
-	c, err := ca.LoadOrCreate(caCfg)
+	c, err := loadCA(ctx, caCfg)
 	if err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
@@ -175,6 +184,31 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		return nil, err
 	}
 	return a, nil
+}
+
+// loadCA runs ca.LoadOrCreate, giving up when ctx is done: with a TPM-held
+// root it signs the first intermediate, and a crypto.Signer takes no
+// context. On give-up the load finishes (or times out in the TPM layer) in
+// the background and its result is dropped.
+func loadCA(ctx context.Context, cfg ca.Config) (*ca.CA, error) {
+	if cfg.RootSigner == nil {
+		return ca.LoadOrCreate(cfg)
+	}
+	type result struct {
+		c   *ca.CA
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := ca.LoadOrCreate(cfg)
+		done <- result{c, err}
+	}()
+	select {
+	case r := <-done:
+		return r.c, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("ca.key tpm: first intermediate: %w", context.Cause(ctx))
+	}
 }
 
 // buildIndex turns the configured entries into a policy index, after the
