@@ -187,17 +187,29 @@ func (a *Agent) rotateIntermediates(ctx context.Context) {
 	const minRetry, maxRetry = time.Second, 30 * time.Second
 	retry := minRetry
 	for {
+		// NextRotation is a wall-clock time; the timer runs on the
+		// monotonic clock, which stops during suspend: re-check at least
+		// every maxRetry.
 		wait := time.Until(a.ca.NextRotation())
-		t := time.NewTimer(max(wait, 0))
+		t := time.NewTimer(min(max(wait, 0), maxRetry))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
+		if wait > maxRetry {
+			continue
+		}
 		if err := a.ca.RotateIntermediate(); err != nil {
 			a.metrics.IntermRotation.WithLabelValues("error").Inc()
 			a.log.Error("CA intermediate rotation failed; retrying", "err", err, "current_not_after", a.ca.Intermediate().NotAfter)
+			// Nothing valid can be issued: try every second (an attempt
+			// waits for a hung TPM, so this is no tight loop) to recover
+			// as soon as the TPM answers.
+			if !a.ca.CanIssue() {
+				retry = minRetry
+			}
 			t := time.NewTimer(retry)
 			select {
 			case <-ctx.Done():
@@ -205,7 +217,9 @@ func (a *Agent) rotateIntermediates(ctx context.Context) {
 				return
 			case <-t.C:
 			}
-			retry = min(2*retry, maxRetry)
+			if a.ca.CanIssue() {
+				retry = min(2*retry, maxRetry)
+			}
 			continue
 		}
 		retry = minRetry
