@@ -117,7 +117,9 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 			ownsTPM = true
 			defer func() {
 				if err != nil {
-					_ = tp.Close()
+					// A hung TPM makes Close wait for the running
+					// operation: do not hold up the exit for it.
+					go tp.Close()
 				}
 			}()
 		}
