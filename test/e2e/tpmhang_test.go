@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -85,11 +86,6 @@ func (w *expiryWatcher) state() (int, []string) {
 func TestHungTPMNeverServesExpiredSVIDs(t *testing.T) {
 	sim := swtpm.StartTCP(t)
 	stopped := false
-	t.Cleanup(func() {
-		if stopped {
-			_ = syscall.Kill(sim.PID, syscall.SIGCONT)
-		}
-	})
 	self, err := os.Executable() // the go-spiffe client runs in this process
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +96,11 @@ func TestHungTPMNeverServesExpiredSVIDs(t *testing.T) {
 		admin, sim.Addr, os.Geteuid(), self)
 	cfg, sock := testutil.WriteConfig(t, dir, "example.org", extra)
 	a := testutil.StartAgent(t, bin, cfg, sock)
+	t.Cleanup(func() { // before the agent is stopped (cleanups run last first)
+		if stopped {
+			_ = syscall.Kill(sim.PID, syscall.SIGCONT)
+		}
+	})
 	testutil.WaitServing(t, sock, 20*time.Second)
 	addr := workloadapi.WithAddr("unix://" + sock)
 
@@ -141,7 +142,7 @@ func TestHungTPMNeverServesExpiredSVIDs(t *testing.T) {
 	}
 	// Stay hung a while longer: the agent must not spin minting.
 	before := strings.Count(a.Log(), "minted X.509-SVID")
-	pollUntil(t, "5s of hang past expiry", 10*time.Second, func() bool { return time.Since(hungAt) > 25*time.Second })
+	pollUntil(t, "25s of hang", 30*time.Second, func() bool { return time.Since(hungAt) > 25*time.Second })
 	if n := strings.Count(a.Log(), "minted X.509-SVID") - before; n > 0 {
 		t.Errorf("minted %d SVIDs while the intermediate was expired", n)
 	}
@@ -210,21 +211,33 @@ func TestStartAgainstHungTPM(t *testing.T) {
 
 	t.Run("SIGTERM", func(t *testing.T) {
 		dir := testutil.SocketDir(t)
-		cfg, sock := testutil.WriteConfig(t, dir, "example.org", fmt.Sprintf("tpm:\n  address: %s\n  startup_timeout: 5m\nca:\n  key: tpm\n", sim.Addr))
-		a := testutil.StartAgent(t, bin, cfg, sock)
-		// Started and waiting on the TPM: it holds a socket to swtpm.
-		pollUntil(t, "the agent to connect to the TPM", 10*time.Second, func() bool { return socketFDs(a.Cmd.Process.Pid) > 0 })
+		cfg, _ := testutil.WriteConfig(t, dir, "example.org", fmt.Sprintf("tpm:\n  address: %s\n  startup_timeout: 5m\nca:\n  key: tpm\n", sim.Addr))
+		logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer logf.Close()
+		cmd := exec.Command(bin, "agent", "--config", cfg)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
 		done := make(chan struct{})
-		go func() { _ = a.Cmd.Wait(); close(done) }()
+		go func() { _ = cmd.Wait(); close(done) }()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+		// Started and waiting on the TPM: it holds a socket to swtpm.
+		pollUntil(t, "the agent to connect to the TPM", 10*time.Second, func() bool { return socketFDs(cmd.Process.Pid) > 0 })
 		sent := time.Now()
-		if err := a.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		select {
 		case <-done:
-			t.Logf("exited %s after SIGTERM: %s", time.Since(sent).Round(time.Millisecond), a.Cmd.ProcessState)
+			out, _ := os.ReadFile(logf.Name())
+			t.Logf("exited %s after SIGTERM (%s): %s", time.Since(sent).Round(time.Millisecond), cmd.ProcessState, strings.TrimSpace(string(out)))
 		case <-time.After(5 * time.Second):
-			t.Fatalf("agent ignored SIGTERM during start against a hung TPM\n%s", a.Log())
+			out, _ := os.ReadFile(logf.Name())
+			t.Fatalf("agent ignored SIGTERM during start against a hung TPM\n%s", out)
 		}
 	})
 }
