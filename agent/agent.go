@@ -111,7 +111,7 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if tp = o.tpm; tp == nil {
-			if tp, err = tpm.Open(ctx, cfg.TPM.Addr()); err != nil {
+			if tp, err = openTPM(ctx, cfg.TPM.Addr()); err != nil {
 				return nil, fmt.Errorf("tpm (%s): %w", cfg.TPM.Addr(), err)
 			}
 			ownsTPM = true
@@ -186,6 +186,33 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		return nil, err
 	}
 	return a, nil
+}
+
+// openTPM runs tpm.Open, giving up when ctx is done: opening a TCP TPM
+// dials without a context, and a connect to a hung simulator whose accept
+// queue is full blocks for minutes. A TPM opened after the give-up is
+// closed.
+func openTPM(ctx context.Context, addr string) (*tpm.TPM, error) {
+	type result struct {
+		tp  *tpm.TPM
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tp, err := tpm.Open(ctx, addr)
+		done <- result{tp, err}
+	}()
+	select {
+	case r := <-done:
+		return r.tp, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.tp != nil {
+				_ = r.tp.Close()
+			}
+		}()
+		return nil, fmt.Errorf("open: %w", context.Cause(ctx))
+	}
 }
 
 // loadCA runs ca.LoadOrCreate, giving up when ctx is done: with a TPM-held
