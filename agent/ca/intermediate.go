@@ -92,5 +92,15 @@ func (c *CA) Intermediate() *x509.Certificate {
 // TPM-signed intermediate has less than MinLeafLife left (it could not be
 // renewed in time, e.g. the TPM hangs). A file-held root always can.
 func (c *CA) CanIssue() bool {
-	return c.issuer.Load().cert.NotAfter.Sub(c.clock()) >= MinLeafLife
+	return c.issuer.Load().cert.NotAfter.Sub(c.clock()) >= c.minLeafLife()
+}
+
+// minLeafLife is MinLeafLife, or a quarter of a shorter intermediate
+// lifetime (tests use intermediates of a few seconds; the intermediate is
+// renewed at half its life).
+func (c *CA) minLeafLife() time.Duration {
+	if c.intermediateTTL > 0 {
+		return min(MinLeafLife, c.intermediateTTL/4)
+	}
+	return MinLeafLife
 }

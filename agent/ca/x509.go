@@ -71,7 +71,7 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 	if notAfter.After(iss.cert.NotAfter) {
 		notAfter = iss.cert.NotAfter
 	}
-	if notAfter.Sub(now) < min(MinLeafLife, ttl) {
+	if notAfter.Sub(now) < min(c.minLeafLife(), ttl) {
 		return nil, fmt.Errorf("mint X.509-SVID for %s: %w (issuer not after %s)", id, ErrIssuerExpiring, iss.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	tmpl := &x509.Certificate{

@@ -196,11 +196,12 @@ func (s *Store) unlock() {
 }
 
 // usable reports whether a cached SVID may still be served at now: it has
-// not expired and keeps at least ca.MinLeafLife (or half its TTL, when that
-// is shorter) of life.
+// not expired, and it is not yet due for rotation (a quarter of its life
+// or more is left) or keeps at least ca.MinLeafLife (or half its TTL, when
+// that is shorter).
 func usable(sv *X509SVID, now time.Time) bool {
 	left := sv.SVID.Certificates[0].NotAfter.Sub(now)
-	return left > 0 && left >= min(ca.MinLeafLife, sv.Entry.X509TTL/2)
+	return left > 0 && (now.Before(sv.RotateAt) || left >= min(ca.MinLeafLife, sv.Entry.X509TTL/2))
 }
 
 // Wake makes the rotation loop look at every SVID now (the CA's issuer was
