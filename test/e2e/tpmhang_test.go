@@ -133,13 +133,17 @@ func TestHungTPMNeverServesExpiredSVIDs(t *testing.T) {
 	if !strings.Contains(body, "intermediate") {
 		t.Errorf("readyz 503 without a reason: %q", body)
 	}
-	// A fetch now gets Unavailable, never an expired SVID.
-	fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
-	sv, err := workloadapi.FetchX509SVID(fctx, addr)
-	fcancel()
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("fetch with an expired intermediate: %v %v", sv, err)
-	}
+	// A fetch gets Unavailable once the last SVID minted is used up, and
+	// never an expired SVID before that.
+	pollUntil(t, "a fetch to get Unavailable", 10*time.Second, func() bool {
+		fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer fcancel()
+		sv, err := workloadapi.FetchX509SVID(fctx, addr)
+		if err == nil && !sv.Certificates[0].NotAfter.After(time.Now()) {
+			t.Fatalf("fetch got an expired SVID (not after %v)", sv.Certificates[0].NotAfter)
+		}
+		return status.Code(err) == codes.Unavailable
+	})
 	// Stay hung a while longer: the agent must not spin minting.
 	before := strings.Count(a.Log(), "minted X.509-SVID")
 	pollUntil(t, "25s of hang", 30*time.Second, func() bool { return time.Since(hungAt) > 25*time.Second })
