@@ -24,9 +24,9 @@ func (a *Agent) serveAdmin(ctx context.Context, l net.Listener) error {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !a.Ready() {
+		if reason := a.NotReadyReason(); reason != "" {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready\n"))
+			_, _ = w.Write([]byte("not ready: " + reason + "\n"))
 			return
 		}
 		st := a.store.Stats()

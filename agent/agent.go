@@ -66,16 +66,19 @@ type Agent struct {
 // Option changes how New builds the agent.
 type Option func(*options)
 
-type options struct{ tpm *tpm.TPM }
+type options struct {
+	tpm *tpm.TPM
+	ctx context.Context
+}
+
+// WithContext makes New give up when ctx is done (SIGTERM or SIGINT
+// during start, while a TPM does not answer).
+func WithContext(ctx context.Context) Option { return func(o *options) { o.ctx = ctx } }
 
 // WithTPM makes the agent use tp for its tpm section instead of opening
 // the configured device or address (tests hand in a swtpm they also
 // drive). The caller keeps ownership of tp.
 func WithTPM(tp *tpm.TPM) Option { return func(o *options) { o.tpm = tp } }
-
-// startupTPMTimeout bounds the TPM work New does (open, EK, first quote,
-// CA key).
-const startupTPMTimeout = 60 * time.Second
 
 // New validates cfg, loads (or creates) the CA and builds the policy index.
 // With a tpm section it opens the TPM, attests the node and, with ca.key
@@ -85,10 +88,11 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var o options
+	o := options{ctx: context.Background()}
 	for _, opt := range opts {
 		opt(&o)
 	}
+	ctx := o.ctx
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
@@ -100,16 +104,23 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		nd      *node
 	)
 	if cfg.TPM != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), startupTPMTimeout)
+		timeout := time.Duration(cfg.TPM.StartupTimeout)
+		if timeout <= 0 {
+			timeout = config.DefaultStartupTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if tp = o.tpm; tp == nil {
-			if tp, err = tpm.Open(ctx, cfg.TPM.Addr()); err != nil {
+			if tp, err = openTPM(ctx, cfg.TPM.Addr()); err != nil {
 				return nil, fmt.Errorf("tpm (%s): %w", cfg.TPM.Addr(), err)
 			}
 			ownsTPM = true
 			defer func() {
 				if err != nil {
-					_ = tp.Close()
+					// A hung TPM makes Close wait for the running
+					// operation: do not hold up the exit for it.
+					go tp.Close()
 				}
 			}()
 		}
@@ -129,7 +140,7 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 			caCfg.IntermediateTTL = time.Duration(cfg.CA.IntermediateTTL)
 		}
 	}
-	c, err := ca.LoadOrCreate(caCfg)
+	c, err := loadCA(ctx, caCfg)
 	if err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
@@ -178,6 +189,58 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		return nil, err
 	}
 	return a, nil
+}
+
+// openTPM runs tpm.Open, giving up when ctx is done: opening a TCP TPM
+// dials without a context, and a connect to a hung simulator whose accept
+// queue is full blocks for minutes. A TPM opened after the give-up is
+// closed.
+func openTPM(ctx context.Context, addr string) (*tpm.TPM, error) {
+	type result struct {
+		tp  *tpm.TPM
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tp, err := tpm.Open(ctx, addr)
+		done <- result{tp, err}
+	}()
+	select {
+	case r := <-done:
+		return r.tp, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.tp != nil {
+				_ = r.tp.Close()
+			}
+		}()
+		return nil, fmt.Errorf("open: %w", context.Cause(ctx))
+	}
+}
+
+// loadCA runs ca.LoadOrCreate, giving up when ctx is done: with a TPM-held
+// root it signs the first intermediate, and a crypto.Signer takes no
+// context. On give-up the load finishes (or times out in the TPM layer) in
+// the background and its result is dropped.
+func loadCA(ctx context.Context, cfg ca.Config) (*ca.CA, error) {
+	if cfg.RootSigner == nil {
+		return ca.LoadOrCreate(cfg)
+	}
+	type result struct {
+		c   *ca.CA
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := ca.LoadOrCreate(cfg)
+		done <- result{c, err}
+	}()
+	select {
+	case r := <-done:
+		return r.c, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("ca.key tpm: first intermediate: %w", context.Cause(ctx))
+	}
 }
 
 // buildIndex turns the configured entries into a policy index, after the
@@ -241,11 +304,32 @@ func CheckOptions(cfg *config.Agent, now time.Time) policy.CheckOptions {
 	return opts
 }
 
+// config returns the current configuration (Reload swaps it under a.mu).
+func (a *Agent) config() *config.Agent {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
 // Store returns the identity store (for status and tests).
 func (a *Agent) Store() *identity.Store { return a.store }
 
-// Ready reports whether the CA is loaded and the Workload API socket serves.
-func (a *Agent) Ready() bool { return a.serving.Load() }
+// Ready reports whether the CA is loaded, the Workload API socket serves
+// and the CA can issue a valid SVID now (see NotReadyReason).
+func (a *Agent) Ready() bool { return a.NotReadyReason() == "" }
+
+// NotReadyReason says why the agent is not ready, "" when it is: not
+// serving yet, or the CA's TPM-signed intermediate expired (or is about
+// to) and could not be renewed, so nothing valid can be issued.
+func (a *Agent) NotReadyReason() string {
+	if !a.serving.Load() {
+		return "not serving"
+	}
+	if !a.ca.CanIssue() {
+		return "CA intermediate expired and not renewed (TPM not answering?): no valid SVID can be issued"
+	}
+	return ""
+}
 
 // Serving is closed once the agent first serves (the CA is loaded and the
 // Workload API socket accepts): the moment to tell systemd READY=1.
@@ -323,7 +407,7 @@ func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
 // Run listens on the configured socket (and admin address) and serves until
 // ctx is done.
 func (a *Agent) Run(ctx context.Context) error {
-	l, err := peercred.Listen(a.cfg.SocketPath)
+	l, err := peercred.Listen(a.config().SocketPath)
 	if err != nil {
 		return fmt.Errorf("workload API socket: %w", err)
 	}
@@ -334,9 +418,9 @@ func (a *Agent) Run(ctx context.Context) error {
 // listener) until ctx is done.
 func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	var admin net.Listener
-	if a.cfg.AdminListen != "" {
+	if adminListen := a.config().AdminListen; adminListen != "" {
 		var err error
-		admin, err = net.Listen("tcp", a.cfg.AdminListen)
+		admin, err = net.Listen("tcp", adminListen)
 		if err != nil {
 			_ = l.Close()
 			return fmt.Errorf("admin_listen: %w", err)

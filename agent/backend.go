@@ -148,6 +148,9 @@ func (b backend) X509(sels []selector.Selector) (*workloadapi.X509State, error) 
 		return nil, err
 	}
 	svids, err := b.a.store.X509SVIDs(entries)
+	if errors.Is(err, identity.ErrUnavailable) {
+		return nil, fmt.Errorf("%w: %w", workloadapi.ErrUnavailable, err)
+	}
 	if err != nil {
 		return nil, err
 	}

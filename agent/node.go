@@ -182,19 +182,34 @@ func (n *node) pcrValues() map[string]string {
 // life; a failed rotation is retried (the current intermediate stays valid
 // until it expires).
 func (a *Agent) rotateIntermediates(ctx context.Context) {
-	retry := 5 * time.Second
+	// Capped and short: a TPM that hung past the intermediate's life must
+	// be used again as soon as it answers, not minutes later.
+	const minRetry, maxRetry = time.Second, 30 * time.Second
+	retry := minRetry
 	for {
+		// NextRotation is a wall-clock time; the timer runs on the
+		// monotonic clock, which stops during suspend: re-check at least
+		// every maxRetry.
 		wait := time.Until(a.ca.NextRotation())
-		t := time.NewTimer(max(wait, 0))
+		t := time.NewTimer(min(max(wait, 0), maxRetry))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
+		if wait > maxRetry {
+			continue
+		}
 		if err := a.ca.RotateIntermediate(); err != nil {
 			a.metrics.IntermRotation.WithLabelValues("error").Inc()
 			a.log.Error("CA intermediate rotation failed; retrying", "err", err, "current_not_after", a.ca.Intermediate().NotAfter)
+			// Nothing valid can be issued: try every second (an attempt
+			// waits for a hung TPM, so this is no tight loop) to recover
+			// as soon as the TPM answers.
+			if !a.ca.CanIssue() {
+				retry = minRetry
+			}
 			t := time.NewTimer(retry)
 			select {
 			case <-ctx.Done():
@@ -202,10 +217,13 @@ func (a *Agent) rotateIntermediates(ctx context.Context) {
 				return
 			case <-t.C:
 			}
-			retry = min(2*retry, 5*time.Minute)
+			if a.ca.CanIssue() {
+				retry = min(2*retry, maxRetry)
+			}
 			continue
 		}
-		retry = 5 * time.Second
+		retry = minRetry
+		a.store.Wake() // mint what the expired intermediate could not
 		a.metrics.IntermRotation.WithLabelValues("ok").Inc()
 		a.log.Info("rotated the CA intermediate (signed by the TPM-held root)", "not_after", a.ca.Intermediate().NotAfter)
 	}

@@ -13,14 +13,16 @@ import (
 // Status is the agent's state as `nodeward status` shows it (GET /v1/status
 // on the admin listener). It holds no key material.
 type Status struct {
-	TrustDomain string           `json:"trust_domain"`
-	Ready       bool             `json:"ready"`
-	Uptime      string           `json:"uptime"`
-	Socket      string           `json:"socket"`
-	Entries     []EntryStatus    `json:"entries"`
-	Identities  []IdentityStatus `json:"identities"`
-	Streams     map[string]int   `json:"open_streams"`
-	JWTCache    int              `json:"jwt_svids_cached"`
+	TrustDomain string `json:"trust_domain"`
+	Ready       bool   `json:"ready"`
+	// Degraded says why the agent is not ready ("" when ready).
+	Degraded   string           `json:"degraded,omitempty"`
+	Uptime     string           `json:"uptime"`
+	Socket     string           `json:"socket"`
+	Entries    []EntryStatus    `json:"entries"`
+	Identities []IdentityStatus `json:"identities"`
+	Streams    map[string]int   `json:"open_streams"`
+	JWTCache   int              `json:"jwt_svids_cached"`
 	// Node is the node's TPM attestation (nil without a tpm section).
 	Node *NodeStatus `json:"node,omitempty"`
 	// CA describes the CA's keys.
@@ -75,12 +77,15 @@ type IdentityStatus struct {
 
 // Status returns a snapshot of the agent's state.
 func (a *Agent) Status() Status {
-	now := time.Now()
+	now := time.Now().Round(0)
+	socket := a.config().SocketPath
+	reason := a.NotReadyReason()
 	st := Status{
 		TrustDomain: a.ca.TrustDomain().Name(),
-		Ready:       a.Ready(),
+		Ready:       reason == "",
+		Degraded:    reason,
 		Uptime:      now.Sub(a.started).Round(time.Second).String(),
-		Socket:      a.cfg.SocketPath,
+		Socket:      socket,
 		Entries:     []EntryStatus{},
 		Identities:  []IdentityStatus{},
 		Streams:     a.obs.openStreams(),

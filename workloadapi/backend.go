@@ -25,6 +25,10 @@ var (
 	ErrNoIdentity = errors.New("no identity issued")
 	// ErrNotEntitled: the caller asked for a SPIFFE ID it does not have (PermissionDenied).
 	ErrNotEntitled = errors.New("not entitled to the requested SPIFFE ID")
+	// ErrUnavailable: no valid SVID can be issued now, e.g. the CA's
+	// intermediate expired while the TPM did not answer (Unavailable: the
+	// caller retries).
+	ErrUnavailable = errors.New("no valid SVID can be issued now")
 	// ErrInvalidToken: ValidateJWTSVID was given a token that does not validate (InvalidArgument).
 	ErrInvalidToken = errors.New("invalid JWT-SVID")
 	// ErrCallerChanged: the caller's uid, gid or groups differ from those it

@@ -246,6 +246,9 @@ func (s *Server) toStatus(rpc string, c *caller, err error) error {
 		reason, st = "not_entitled", status.Error(codes.PermissionDenied, "not entitled to the requested SPIFFE ID")
 	case errors.Is(err, ErrInvalidToken):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		s.log.Warn("workload API: no valid SVID can be issued", "rpc", rpc, "err", err)
+		return status.Error(codes.Unavailable, "no valid SVID can be issued now; retry")
 	default:
 		s.log.Error("workload API request failed", "rpc", rpc, "err", err)
 		return status.Error(codes.Internal, "internal error")
@@ -272,6 +275,9 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 	for {
 		changed := s.backend.Changed()
 		st, err := s.backend.X509(c.sels)
+		if err == nil {
+			err = checkLive(st.SVIDs)
+		}
 		if err != nil {
 			return s.toStatus("FetchX509SVID", c, err)
 		}
@@ -302,6 +308,18 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 		case <-changed:
 		}
 	}
+}
+
+// checkLive is the last check before a send: an SVID past its expiry (by
+// the wall clock) is never sent, whatever the backend handed over.
+func checkLive(svids []X509SVID) error {
+	now := time.Now().Round(0)
+	for _, sv := range svids {
+		if !now.Before(sv.ExpiresAt) {
+			return fmt.Errorf("%w: X.509-SVID %s expired at %s", ErrUnavailable, sv.SPIFFEID, sv.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
 }
 
 // x509Response builds the response and returns the SVIDs it holds.
@@ -439,6 +457,15 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		return nil, err
 	}
 	svids, err := s.backend.JWTSVIDs(c.sels, req.SpiffeId, req.Audience)
+	if err == nil {
+		now := time.Now().Round(0)
+		for _, sv := range svids {
+			if !now.Before(sv.ExpiresAt) {
+				err = fmt.Errorf("%w: JWT-SVID for %s expired at %s", ErrUnavailable, sv.SPIFFEID, sv.ExpiresAt.UTC().Format(time.RFC3339))
+				break
+			}
+		}
+	}
 	if err != nil {
 		return nil, s.toStatus("FetchJWTSVID", c, err)
 	}

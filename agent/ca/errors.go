@@ -31,4 +31,8 @@ var (
 	// ErrBadAudience: a JWT-SVID audience list is empty or has an empty
 	// member.
 	ErrBadAudience = errors.New("invalid JWT-SVID audience")
+	// ErrIssuerExpiring: the issuer (a TPM-signed intermediate that could
+	// not be renewed) has less than MinLeafLife left, so any leaf would be
+	// expired or nearly so; nothing is minted until it is renewed.
+	ErrIssuerExpiring = errors.New("CA issuer expired or about to expire")
 )

@@ -87,3 +87,20 @@ func (c *CA) Intermediate() *x509.Certificate {
 	}
 	return c.issuer.Load().cert
 }
+
+// CanIssue reports whether the CA can mint a useful SVID now: false when a
+// TPM-signed intermediate has less than MinLeafLife left (it could not be
+// renewed in time, e.g. the TPM hangs). A file-held root always can.
+func (c *CA) CanIssue() bool {
+	return c.issuer.Load().cert.NotAfter.Sub(c.clock()) >= c.minLeafLife()
+}
+
+// minLeafLife is MinLeafLife, or a quarter of a shorter intermediate
+// lifetime (tests use intermediates of a few seconds; the intermediate is
+// renewed at half its life).
+func (c *CA) minLeafLife() time.Duration {
+	if c.intermediateTTL > 0 {
+		return min(MinLeafLife, c.intermediateTTL/4)
+	}
+	return MinLeafLife
+}

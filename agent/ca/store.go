@@ -90,7 +90,7 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 		cfg.RootTTL = defaultRootTTL
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = time.Now
+		cfg.Clock = wallNow
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -550,3 +550,8 @@ func parseRoot(path string, data []byte, cfg Config, key crypto.Signer) (*x509.C
 	}
 	return root, nil
 }
+
+// wallNow is the wall-clock time without its monotonic reading: every
+// expiry decision compares against certificate times, which are wall-clock,
+// and the monotonic clock stops while the machine is suspended.
+func wallNow() time.Time { return time.Now().Round(0) }

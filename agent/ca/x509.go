@@ -22,6 +22,11 @@ import (
 // agent and the peers that verify its SVIDs.
 const backdate = 10 * time.Second
 
+// MinLeafLife is the least remaining lifetime an SVID must have to be minted
+// or served: a leaf clamped to an issuer that expires sooner is refused
+// (ErrIssuerExpiring) rather than handed out already useless.
+const MinLeafLife = 5 * time.Second
+
 // maxSerial is 2^128-1: serials are random in [1, maxSerial], positive and
 // at most 128 bits (RFC 5280 allows up to 20 octets).
 var maxSerial = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 128), big.NewInt(1))
@@ -65,6 +70,9 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 	notAfter := now.Add(ttl)
 	if notAfter.After(iss.cert.NotAfter) {
 		notAfter = iss.cert.NotAfter
+	}
+	if notAfter.Sub(now) < min(c.minLeafLife(), ttl) {
+		return nil, fmt.Errorf("mint X.509-SVID for %s: %w (issuer not after %s)", id, ErrIssuerExpiring, iss.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,

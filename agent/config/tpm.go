@@ -13,6 +13,10 @@ import (
 // DefaultQuoteInterval is how often the TPM is re-quoted (tpm.quote_interval).
 const DefaultQuoteInterval = 60 * time.Second
 
+// DefaultStartupTimeout bounds the TPM work at agent start
+// (tpm.startup_timeout).
+const DefaultStartupTimeout = 15 * time.Second
+
 // DefaultTPMKeyHandle is the persistent handle of a TPM-held CA root key.
 const DefaultTPMKeyHandle = 0x81000100
 
@@ -31,6 +35,10 @@ type TPM struct {
 	PCRs []int
 	// QuoteInterval is how often the PCRs are re-quoted (default 60s).
 	QuoteInterval Duration
+	// StartupTimeout bounds the TPM work at start (open, EK, first quote,
+	// CA key and first intermediate); default 15s. A TPM that does not
+	// answer in time fails the start.
+	StartupTimeout Duration
 }
 
 // Addr is the TPM address for attestors/tpm.Open (device path or URL).
@@ -57,7 +65,7 @@ func (d decoder) tpm(v *yaml.Node, dst **TPM) error {
 	if v.Kind != yaml.MappingNode {
 		return d.errf(v, "tpm", "want a mapping (device or address), got %s", kindName(v))
 	}
-	t := &TPM{QuoteInterval: Duration(DefaultQuoteInterval)}
+	t := &TPM{QuoteInterval: Duration(DefaultQuoteInterval), StartupTimeout: Duration(DefaultStartupTimeout)}
 	err := d.fields(v, "tpm", map[string]func(v *yaml.Node) error{
 		"device": func(v *yaml.Node) error {
 			if err := d.str(v, "tpm.device", &t.Device); err != nil {
@@ -105,6 +113,15 @@ func (d decoder) tpm(v *yaml.Node, dst **TPM) error {
 			return nil
 		},
 		"quote_interval": func(v *yaml.Node) error { return d.duration(v, "tpm.quote_interval", &t.QuoteInterval) },
+		"startup_timeout": func(v *yaml.Node) error {
+			if err := d.duration(v, "tpm.startup_timeout", &t.StartupTimeout); err != nil {
+				return err
+			}
+			if t.StartupTimeout < Duration(time.Second) || t.StartupTimeout > Duration(10*time.Minute) {
+				return d.errf(v, "tpm.startup_timeout", "want a duration from 1s to 10m, got %s", time.Duration(t.StartupTimeout))
+			}
+			return nil
+		},
 	})
 	if err != nil {
 		return err

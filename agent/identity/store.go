@@ -33,8 +33,17 @@ import (
 // minRotateAfter keeps a nearly expired issuer from making rotation spin.
 const minRotateAfter = 100 * time.Millisecond
 
+// maxSleep bounds how long the rotation loop sleeps between wall-clock
+// checks.
+const maxSleep = 30 * time.Second
+
 // ErrNoIdentity is returned when a caller's selectors match no entry.
 var ErrNoIdentity = errors.New("no registration entry matches the caller")
+
+// ErrUnavailable is returned when no valid SVID can be issued now: the CA's
+// issuer (a TPM-signed intermediate) expired or is about to, and a cached
+// SVID is past its usable life. Callers should retry.
+var ErrUnavailable = errors.New("no valid SVID can be issued now")
 
 // ErrNotEntitled is returned when a caller asks for a SPIFFE ID it is not entitled to.
 var ErrNotEntitled = errors.New("caller is not entitled to the requested SPIFFE ID")
@@ -56,8 +65,8 @@ type Config struct {
 }
 
 // Observer hears what the store does, for metrics and the audit trail.
-// Calls are made with the store's lock held: they must be quick and must not
-// call back into the store.
+// Calls are made after the store's lock is released, from the goroutine that
+// made the change; they must be quick.
 type Observer interface {
 	// X509Minted: an X.509-SVID was minted for e (rotation: it replaced one).
 	X509Minted(e *policy.Entry, sv *X509SVID, rotation bool)
@@ -118,6 +127,7 @@ type Store struct {
 	version uint64
 	wake    chan struct{}   // nudges the rotation loop
 	expired map[string]bool // entry IDs whose expiry was already handled
+	events  []func()        // observer calls queued under mu, run by unlock
 
 	jwt       *sizedCache[jwtKey, *JWTSVID]
 	validated *sizedCache[[32]byte, *validatedSVID]
@@ -135,7 +145,7 @@ func New(cfg Config) (*Store, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = time.Now
+		cfg.Clock = wallNow
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
@@ -161,6 +171,45 @@ func New(cfg Config) (*Store, error) {
 		expired:   make(map[string]bool),
 		jwt:       jc,
 	}, nil
+}
+
+// wallNow is the wall-clock time without its monotonic reading: expiry
+// decisions compare against certificate and token times, which are
+// wall-clock, and the monotonic clock stops while the machine is suspended.
+func wallNow() time.Time { return time.Now().Round(0) }
+
+// later queues an observer call until the write lock is released. s.mu must
+// be held for writing.
+func (s *Store) later(f func()) { s.events = append(s.events, f) }
+
+// unlock releases the write lock, then makes the observer calls queued
+// under it (the observer writes the audit file; it must not hold up
+// every reader of the store).
+func (s *Store) unlock() {
+	ev := s.events
+	s.events = nil
+	s.mu.Unlock()
+	for _, f := range ev {
+		f()
+	}
+}
+
+// usable reports whether a cached SVID may still be served at now: it has
+// not expired, and it is not yet due for rotation (a quarter of its life
+// or more is left) or keeps at least ca.MinLeafLife (or half its TTL, when
+// that is shorter).
+func usable(sv *X509SVID, now time.Time) bool {
+	left := sv.SVID.Certificates[0].NotAfter.Sub(now)
+	return left > 0 && (now.Before(sv.RotateAt) || left >= min(ca.MinLeafLife, sv.Entry.X509TTL/2))
+}
+
+// Wake makes the rotation loop look at every SVID now (the CA's issuer was
+// renewed: SVIDs that could not be minted can be now).
+func (s *Store) Wake() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // CA returns the CA the store mints with.
@@ -214,7 +263,7 @@ func (s *Store) SetIndex(ix *policy.Index) {
 	s.mu.Lock()
 	for _, e := range s.index.Entries() {
 		if _, ok := keep[e.ID]; !ok {
-			s.obs.Revoked(e, "removed")
+			s.later(func() { s.obs.Revoked(e, "removed") })
 		}
 	}
 	s.index = ix
@@ -225,7 +274,7 @@ func (s *Store) SetIndex(ix *policy.Index) {
 	}
 	clear(s.expired)
 	s.notifyLocked()
-	s.mu.Unlock()
+	s.unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -260,14 +309,18 @@ func (s *Store) Match(sels []selector.Selector) ([]*policy.Entry, error) {
 }
 
 // X509SVIDs returns the X.509-SVIDs for the given entries, minting those not
-// yet cached. Entries sharing a SPIFFE ID yield one SVID each (distinct hints
-// are the caller's business).
+// yet cached or past their usable life (checked against the wall clock on
+// every call). Entries sharing a SPIFFE ID yield one SVID each (distinct
+// hints are the caller's business). When a needed SVID cannot be minted
+// because the CA's issuer expired, it returns ErrUnavailable: an expired
+// SVID is never returned.
 func (s *Store) X509SVIDs(entries []*policy.Entry) ([]*X509SVID, error) {
 	out := make([]*X509SVID, 0, len(entries))
 	var missing []*policy.Entry
+	now := s.clock()
 	s.mu.RLock()
 	for _, e := range entries {
-		if sv, ok := s.x509[e.ID]; ok {
+		if sv, ok := s.x509[e.ID]; ok && usable(sv, now) {
 			out = append(out, sv)
 		} else {
 			missing = append(missing, e)
@@ -279,15 +332,22 @@ func (s *Store) X509SVIDs(entries []*policy.Entry) ([]*X509SVID, error) {
 	}
 	// Slow path: mint under the write lock so that concurrent callers share one SVID.
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	out = out[:0]
 	minted := false
 	for _, e := range entries {
 		sv, ok := s.x509[e.ID]
-		if !ok {
+		if !ok || !usable(sv, now) {
 			var err error
-			sv, err = s.mintLocked(e, false)
+			sv, err = s.mintLocked(e, ok)
 			if err != nil {
+				if ok {
+					delete(s.x509, e.ID) // expired: never serve it again
+					s.notifyLocked()
+				}
+				if errors.Is(err, ca.ErrIssuerExpiring) {
+					return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+				}
 				return nil, err
 			}
 			minted = true
@@ -327,7 +387,7 @@ func (s *Store) mintLocked(e *policy.Entry, rotation bool) (*X509SVID, error) {
 		Serial:   leaf.SerialNumber.Text(16),
 	}
 	s.x509[e.ID] = sv
-	s.obs.X509Minted(e, sv, rotation)
+	s.later(func() { s.obs.X509Minted(e, sv, rotation) })
 	s.log.Debug("minted X.509-SVID", "spiffe_id", e.SPIFFEID.String(), "entry", e.ID,
 		"serial", sv.Serial, "expires", leaf.NotAfter, "rotate_at", sv.RotateAt)
 	return sv, nil
@@ -343,9 +403,12 @@ func (s *Store) Run(ctx context.Context) error {
 		if exp := s.expireDue(); !exp.IsZero() && (next.IsZero() || exp.Before(next)) {
 			next = exp
 		}
-		d := time.Hour
+		// Timers run on the monotonic clock, which stops while the
+		// machine is suspended: wake at least every maxSleep to compare
+		// against the wall clock, so a resume or a clock step is noticed.
+		d := maxSleep
 		if !next.IsZero() {
-			d = max(next.Sub(s.clock()), 0)
+			d = min(max(next.Sub(s.clock()), 0), maxSleep)
 		}
 		timer.Reset(d)
 		select {
@@ -368,16 +431,23 @@ func (s *Store) Run(ctx context.Context) error {
 func (s *Store) rotateDue() time.Time {
 	now := s.clock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	var next time.Time
 	rotated := 0
+	dropped := 0
 	for _, sv := range s.x509 {
 		if !now.Before(sv.RotateAt) {
 			nsv, err := s.mintLocked(sv.Entry, true)
 			if err != nil {
-				s.obs.X509RotationFailed(sv.Entry, err)
-				// Keep serving the old SVID; retry soon.
+				e := sv.Entry
+				s.later(func() { s.obs.X509RotationFailed(e, err) })
+				// Keep serving the old SVID while it is usable; retry
+				// soon (Wake retries at once when the issuer is renewed).
 				s.log.Error("rotation failed", "entry", sv.Entry.ID, "spiffe_id", sv.Entry.SPIFFEID.String(), "err", err)
+				if !usable(sv, now) {
+					delete(s.x509, sv.Entry.ID)
+					dropped++
+				}
 				retry := now.Add(5 * time.Second)
 				if next.IsZero() || retry.Before(next) {
 					next = retry
@@ -393,6 +463,8 @@ func (s *Store) rotateDue() time.Time {
 	}
 	if rotated > 0 {
 		s.log.Info("rotated X.509-SVIDs", "count", rotated)
+	}
+	if rotated > 0 || dropped > 0 {
 		s.notifyLocked()
 	}
 	return next
@@ -405,7 +477,7 @@ func (s *Store) rotateDue() time.Time {
 func (s *Store) expireDue() time.Time {
 	now := s.clock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	var next time.Time
 	changed := false
 	for _, e := range s.index.Entries() {
@@ -415,7 +487,7 @@ func (s *Store) expireDue() time.Time {
 		if e.Expired(now) {
 			s.expired[e.ID] = true
 			delete(s.x509, e.ID)
-			s.obs.Revoked(e, "expired")
+			s.later(func() { s.obs.Revoked(e, "expired") })
 			s.log.Warn("entry expired: no longer issuing", "entry", e.ID, "spiffe_id", e.SPIFFEID.String(), "expired_at", e.ExpiresAt)
 			changed = true
 			continue

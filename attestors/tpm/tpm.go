@@ -47,7 +47,11 @@ func Open(ctx context.Context, addr string) (*TPM, error) {
 	tp := New(t)
 	tp.reopen = open
 	if err := tp.Ping(ctx); err != nil {
-		_ = tp.Close()
+		// Close the transport at once: Close would wait DefaultTimeout
+		// for the ping that hangs, and the caller's deadline (or signal)
+		// has passed. Closing it unblocks that ping.
+		tp.closed.Store(true)
+		_ = t.Close()
 		return nil, fmt.Errorf("%w %s: %v", ErrOpen, addr, err)
 	}
 	return tp, nil

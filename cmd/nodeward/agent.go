@@ -52,7 +52,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	notify := systemd.NewNotifier(log)
-	a, err := agent.New(cfg, log)
+	a, err := agent.New(cfg, log, agent.WithContext(ctx))
 	if err != nil {
 		return err
 	}

@@ -214,8 +214,10 @@ type TCP struct {
 	Addr     string // tcp://127.0.0.1:PORT
 	StateDir string
 	RootsPEM string
-	port     int
-	stop     func()
+	// PID is the swtpm process (tests SIGSTOP it to make a hung TPM).
+	PID  int
+	port int
+	stop func()
 }
 
 // StartTCP runs a fresh swtpm on a free loopback port pair.
@@ -298,7 +300,7 @@ func startTCPAt(t testing.TB, stateDir string, port int) *TCP {
 		})
 	}
 	t.Cleanup(stop)
-	return &TCP{Addr: "tcp://" + addr, StateDir: stateDir, RootsPEM: p.RootsPEM, port: port, stop: stop}
+	return &TCP{Addr: "tcp://" + addr, StateDir: stateDir, RootsPEM: p.RootsPEM, PID: cmd.Process.Pid, port: port, stop: stop}
 }
 
 // waitListening polls until addr accepts (without keeping the connection,
