@@ -144,7 +144,7 @@ func TestDashboardQueriesMatchExportedMetrics(t *testing.T) {
 
 	// Wait for one background refresh (3 s tokens, 1 s safety margin) so the
 	// refresh counter has a series.
-	have := exported{}
+	var have exported
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		have = exported{}
