@@ -47,7 +47,7 @@ type Limits struct {
 	// and bounds the connection handshake.
 	IdleTimeout time.Duration
 	// Rate is the calls per second allowed per caller uid (a stream counts
-	// when it opens; a unary call counts 1 plus 1 per KiB of request);
+	// when it opens; a unary call counts 1, plus 1 per 256 bytes of request beyond 2 KiB);
 	// Burst the bucket depth.
 	Rate  float64
 	Burst int
@@ -119,19 +119,28 @@ func (l *limiter) refuse(reason string) error {
 	}
 }
 
-// costUnit is the request size that costs one more call of the rate
-// budget: a call with 32 audiences of 1 KiB costs 33 calls.
-const costUnit = 1024
+// A request up to costFree bytes costs one call of the rate budget; each
+// costUnit bytes beyond that cost one more: a call with 32 audiences of
+// 1 KiB costs 121 calls, a JWT-SVID validation (a token of 1-2 KiB) one.
+const (
+	costFree = 2048
+	costUnit = 256
+)
 
-// callCost is what a request costs of its caller's rate budget: one call,
-// plus one per costUnit bytes of request (audiences and tokens are what
-// makes a call expensive).
+// callCost is what a request costs of its caller's rate budget. Large
+// requests (many or long audiences, long tokens) are what make a call
+// expensive: minting a JWT-SVID with 32 KiB of audiences holds the agent's
+// CPU for about a millisecond, a hundred times a small one.
 func callCost(req any) int {
 	m, ok := req.(proto.Message)
 	if !ok {
 		return 1
 	}
-	return 1 + proto.Size(m)/costUnit
+	n := proto.Size(m)
+	if n <= costFree {
+		return 1
+	}
+	return 1 + (n-costFree)/costUnit
 }
 
 // allowCall takes one call from the rate budget of ctx's caller uid. A

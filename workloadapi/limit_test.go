@@ -112,8 +112,12 @@ func TestCallCost(t *testing.T) {
 	if c := callCost(&workload.JWTSVIDRequest{Audience: []string{"svc"}}); c != 1 {
 		t.Errorf("small request costs %d, want 1", c)
 	}
-	if c := callCost(&workload.JWTSVIDRequest{Audience: aud}); c < 33 || c > 34 {
-		t.Errorf("32 KiB of audiences cost %d, want 33", c)
+	if c := callCost(&workload.JWTSVIDRequest{Audience: aud}); c < 120 || c > 122 {
+		t.Errorf("32 KiB of audiences cost %d, want 121", c)
+	}
+	token := strings.Repeat("t", 1800) // a JWT-SVID of ordinary size
+	if c := callCost(&workload.ValidateJWTSVIDRequest{Audience: "svc", Svid: token}); c != 1 {
+		t.Errorf("validating an ordinary JWT-SVID costs %d, want 1", c)
 	}
 	l := newLimiter(Limits{Rate: 0.001, Burst: 10}, nil)
 	if err := l.allowCost(uidCtx(1), 100); err != nil {
