@@ -148,8 +148,10 @@ func (l *Listener) admit(c net.Conn) (net.Conn, bool) {
 		}
 		l.mu.Unlock()
 	}
-	_ = c.Close() // refused: nothing was read or written
+	// Counted before the close, so that by the time the peer reads EOF the
+	// refusal is in the metrics.
 	l.cfg.Refused(reason)
+	_ = c.Close() // refused: nothing was read or written
 	l.logf("refused:"+reason, "workload API connection refused", "reason", reason, "uid", uid)
 	return nil, false
 }
