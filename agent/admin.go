@@ -33,6 +33,7 @@ func (a *Agent) serveAdmin(ctx context.Context, l net.Listener) error {
 		_, _ = fmt.Fprintf(w, "ready\nentries %d\nx509_svids %d\n", st.Entries, st.X509SVIDs)
 	})
 	mux.HandleFunc("GET /v1/status", a.serveStatus)
+	mux.HandleFunc("GET /v1/inventory", a.serveInventory)
 	mux.HandleFunc("GET /.well-known/openid-configuration", a.serveDiscovery)
 	mux.HandleFunc("GET /keys", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

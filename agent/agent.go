@@ -20,12 +20,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nodeward/nodeward/agent/ca"
 	"github.com/nodeward/nodeward/agent/config"
 	"github.com/nodeward/nodeward/agent/identity"
+	"github.com/nodeward/nodeward/agent/inventory"
 	"github.com/nodeward/nodeward/agent/metrics"
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/tpm"
@@ -40,6 +42,7 @@ type Agent struct {
 	log         *slog.Logger
 	ca          *ca.CA
 	store       *identity.Store
+	inv         *inventory.Inventory
 	unix        *unix.Attestor
 	attestors   []WorkloadAttestor
 	workers     *workers // set while serving
@@ -173,6 +176,13 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 			return 0
 		},
 	)
+	if a.inv, err = openInventory(cfg.DataDir, time.Duration(cfg.Guardrails.StaleAfter), a); err != nil {
+		return nil, err
+	}
+	a.inv.SyncPolicy(inventoryEntries(ix.Entries()))
+	a.metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nodeward_stale_entries", Help: "Registration entries not issued for guardrails.stale_after (identity inventory).",
+	}, func() float64 { return float64(a.inv.StaleCount()) }))
 	a.obs = &observer{m: a.metrics, audit: al, log: log}
 	dropped := a.metrics.AuditDropped.WithLabelValues("rate_limited")
 	al.SetHooks(audit.Hooks{Lost: a.metrics.AuditErrors.Inc, Dropped: dropped.Inc})
@@ -183,7 +193,7 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	}
 	a.unix, a.attestors = BuiltIns(log)
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
-	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log, Observer: a.obs, Audit: al,
+	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log, Observer: a.obs, Audit: al, Recorder: recorder{a.inv},
 		Limits: a.limits.server(), Limited: a.limits.limited})
 	if err != nil {
 		return nil, err
@@ -377,6 +387,8 @@ func (a *Agent) Reload(cfg *config.Agent) error {
 	}
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
 	a.store.SetIndex(ix)
+	a.inv.SetStaleAfter(time.Duration(cfg.Guardrails.StaleAfter))
+	a.inv.SyncPolicy(inventoryEntries(ix.Entries()))
 	a.metrics.Reloads.WithLabelValues("ok").Inc()
 	a.obs.record(audit.Record{Event: "reload", Decision: "allow", Reason: fmt.Sprintf("%d entries", ix.Len())})
 	a.log.Info("reloaded policy", "entries", ix.Len())
@@ -434,6 +446,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.store.Run(ctx) })
+	g.Go(func() error { a.inv.Run(ctx); return nil })
 	if a.node != nil {
 		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate, a.metrics.TPMQuotes); return nil })
 	}

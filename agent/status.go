@@ -23,6 +23,9 @@ type Status struct {
 	Identities []IdentityStatus `json:"identities"`
 	Streams    map[string]int   `json:"open_streams"`
 	JWTCache   int              `json:"jwt_svids_cached"`
+	// StaleEntries counts entries not issued for guardrails.stale_after
+	// (see GET /v1/inventory).
+	StaleEntries int `json:"stale_entries"`
 	// Node is the node's TPM attestation (nil without a tpm section).
 	Node *NodeStatus `json:"node,omitempty"`
 	// CA describes the CA's keys.
@@ -81,15 +84,16 @@ func (a *Agent) Status() Status {
 	socket := a.config().SocketPath
 	reason := a.NotReadyReason()
 	st := Status{
-		TrustDomain: a.ca.TrustDomain().Name(),
-		Ready:       reason == "",
-		Degraded:    reason,
-		Uptime:      now.Sub(a.started).Round(time.Second).String(),
-		Socket:      socket,
-		Entries:     []EntryStatus{},
-		Identities:  []IdentityStatus{},
-		Streams:     a.obs.openStreams(),
-		JWTCache:    a.store.Stats().JWTSVIDs,
+		TrustDomain:  a.ca.TrustDomain().Name(),
+		Ready:        reason == "",
+		Degraded:     reason,
+		Uptime:       now.Sub(a.started).Round(time.Second).String(),
+		Socket:       socket,
+		Entries:      []EntryStatus{},
+		Identities:   []IdentityStatus{},
+		Streams:      a.obs.openStreams(),
+		JWTCache:     a.store.Stats().JWTSVIDs,
+		StaleEntries: a.inv.StaleCount(),
 	}
 	if a.extraStatus != nil {
 		st.Broker = a.extraStatus()

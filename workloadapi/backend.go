@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/workloadapi/audit"
 	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
@@ -98,4 +99,10 @@ type Observer interface {
 	Issued(kind string, n int)
 	// Denied counts refused requests by reason.
 	Denied(reason string)
+}
+
+// IssueRecorder is told of every SVID sent to a caller, with the entry it
+// came from (the identity inventory). It must not block.
+type IssueRecorder interface {
+	IssuedTo(entryID, kind string, caller *audit.Caller)
 }

@@ -40,6 +40,7 @@ type Server struct {
 	log     *slog.Logger
 	obs     Observer
 	audit   *audit.Logger
+	rec     IssueRecorder
 	lim     *limiter
 }
 
@@ -49,6 +50,7 @@ type Config struct {
 	Logger   *slog.Logger
 	Observer Observer      // nil: no measurements
 	Audit    *audit.Logger // nil: no audit trail
+	Recorder IssueRecorder // nil: issuance is not recorded per entry
 	Limits   Limits        // zero: unlimited
 	// Limited is told of each call refused by Limits (a Limited* reason).
 	Limited func(reason string)
@@ -65,7 +67,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	return &Server{backend: cfg.Backend, log: cfg.Logger, obs: cfg.Observer, audit: cfg.Audit,
+	return &Server{backend: cfg.Backend, log: cfg.Logger, obs: cfg.Observer, audit: cfg.Audit, rec: cfg.Recorder,
 		lim: newLimiter(cfg.Limits, cfg.Limited)}, nil
 }
 
@@ -299,6 +301,9 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 				exp := sv.ExpiresAt
 				s.auditLog(audit.Record{Event: "issue", Decision: "allow", Reason: reason, Kind: "x509", RPC: "FetchX509SVID",
 					SPIFFEID: sv.SPIFFEID, Serial: sv.Serial, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit})
+				if s.rec != nil {
+					s.rec.IssuedTo(sv.EntryID, "x509", c.audit)
+				}
 			}
 			last = resp
 		}
@@ -482,6 +487,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		exp := sv.ExpiresAt
 		s.auditLog(audit.Record{Event: "issue", Decision: "allow", Kind: "jwt", RPC: "FetchJWTSVID", SPIFFEID: sv.SPIFFEID,
 			Audience: req.Audience, JTI: sv.JTI, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit})
+		if s.rec != nil {
+			s.rec.IssuedTo(sv.EntryID, "jwt", c.audit)
+		}
 	}
 	s.obs.Issued("jwt", len(resp.Svids))
 	return resp, nil

@@ -118,11 +118,14 @@ type Guardrails struct {
 	MaxJWTTTL      Duration // default 24h
 	RequireOwner   bool
 	RequireExpires bool
+	// StaleAfter: an entry not issued for this long is reported stale in
+	// the identity inventory, status and metrics (default 30d).
+	StaleAfter Duration
 }
 
 // DefaultGuardrails are the guardrails when the config has none.
 func DefaultGuardrails() Guardrails {
-	return Guardrails{MaxX509TTL: Duration(720 * time.Hour), MaxJWTTTL: Duration(24 * time.Hour)}
+	return Guardrails{MaxX509TTL: Duration(720 * time.Hour), MaxJWTTTL: Duration(24 * time.Hour), StaleAfter: Duration(30 * 24 * time.Hour)}
 }
 
 // Default returns the embedded default: trust domain nodeward.local, the

@@ -237,6 +237,7 @@ func TestOwnerExpiresGuardrails(t *testing.T) {
   max_jwt_ttl: 10m
   require_owner: True
   require_expires: false
+  stale_after: 14d
 entries:
   - spiffe_id: spiffe://nodeward.local/a
     selectors: [unix:uid:1]
@@ -250,14 +251,14 @@ entries:
 		t.Fatal(err)
 	}
 	g := cfg.Guardrails
-	if time.Duration(g.MaxX509TTL) != 24*time.Hour || time.Duration(g.MaxJWTTTL) != 10*time.Minute || !g.RequireOwner || g.RequireExpires {
+	if time.Duration(g.MaxX509TTL) != 24*time.Hour || time.Duration(g.MaxJWTTTL) != 10*time.Minute || !g.RequireOwner || g.RequireExpires || time.Duration(g.StaleAfter) != 14*24*time.Hour {
 		t.Errorf("guardrails = %+v", g)
 	}
 	a, b := cfg.Entries[0], cfg.Entries[1]
 	if a.Owner != "team-a" || !a.Expires.Equal(time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC)) || !b.Expires.Equal(time.Date(2027, 3, 1, 12, 0, 0, 0, time.UTC)) {
 		t.Errorf("entries = %+v %+v", a, b)
 	}
-	if d := DefaultGuardrails(); time.Duration(d.MaxX509TTL) != 720*time.Hour || time.Duration(d.MaxJWTTTL) != 24*time.Hour {
+	if d := DefaultGuardrails(); time.Duration(d.MaxX509TTL) != 720*time.Hour || time.Duration(d.MaxJWTTTL) != 24*time.Hour || time.Duration(d.StaleAfter) != 30*24*time.Hour {
 		t.Errorf("default guardrails = %+v", d)
 	}
 }

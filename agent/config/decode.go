@@ -285,9 +285,9 @@ func (d decoder) duration(v *yaml.Node, field string, dst *Duration) error {
 	if v.Tag == "!!int" {
 		return d.errf(v, field, "invalid duration %s: give a unit, such as 1h or 300s", quote(v.Value))
 	}
-	dur, err := time.ParseDuration(v.Value)
+	dur, err := parseDuration(v.Value)
 	if err != nil {
-		return d.errf(v, field, "invalid duration %s: want a duration such as 1h or 5m30s", quote(v.Value))
+		return d.errf(v, field, "invalid duration %s: want a duration such as 1h, 5m30s or 30d", quote(v.Value))
 	}
 	if dur <= 0 || dur > MaxTTL {
 		return d.errf(v, field, "duration %s out of range: want more than 0s and at most 8760h (1 year)", quote(v.Value))
@@ -317,4 +317,17 @@ func kindName(v *yaml.Node) string {
 		return "nothing"
 	}
 	return quote(v.Value)
+}
+
+// parseDuration is time.ParseDuration that also takes whole days ("30d",
+// "7d"), the unit TTLs and staleness are usually thought in.
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseUint(days, 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
 }

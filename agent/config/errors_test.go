@@ -139,7 +139,7 @@ func TestErrorsGolden(t *testing.T) {
 		{"bad selector in flow list", entry0 + "  - spiffe_id: spiffe://nodeward.local/b\n    selectors: [unix:uid:1, Unix:uid:2]\n",
 			`agent.yaml:5: entries[1].selectors[1]: invalid selector "Unix:uid:2": type: character 'U' not allowed (want [a-z0-9_-])`, selector.ErrInvalid},
 		{"bad duration", entry0 + "  - spiffe_id: spiffe://nodeward.local/b\n    selectors: [unix:uid:2]\n    jwt_ttl: 5m\n    x509_ttl: 1 hour\n",
-			`agent.yaml:7: entries[1].x509_ttl: invalid duration "1 hour": want a duration such as 1h or 5m30s`, nil},
+			`agent.yaml:7: entries[1].x509_ttl: invalid duration "1 hour": want a duration such as 1h, 5m30s or 30d`, nil},
 		{"bare integer duration", entry0 + "    jwt_ttl: 300\n",
 			`agent.yaml:4: entries[0].jwt_ttl: invalid duration "300": give a unit, such as 1h or 300s`, nil},
 		{"ttl too long", entry0 + "    x509_ttl: 8761h\n",

@@ -176,14 +176,14 @@ func Open(path string, opts Options) (*Inventory, error) {
 	return inv, nil
 }
 
-func now(opts Options) time.Time { return opts.Now().Round(0).UTC() }
+func now(clock func() time.Time) time.Time { return clock().Round(0).UTC() }
 
 // SyncPolicy records the policy's entries: new ones are created, changed
 // ones get Changed, entries no longer present get Removed (and come back to
 // life if they return). Records removed longer than Retention ago are
 // dropped.
 func (inv *Inventory) SyncPolicy(entries []Entry) {
-	t := now(inv.opts)
+	t := now(inv.opts.Now)
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	present := make(map[string]bool, len(entries))
@@ -254,7 +254,7 @@ func equal(a, b []string) bool {
 // Issued counts one issuance of kind for entryID to caller (nil: unknown).
 // Unknown entry ids are ignored.
 func (inv *Inventory) Issued(entryID string, kind Kind, caller *Caller) {
-	t := now(inv.opts)
+	t := now(inv.opts.Now)
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	r, ok := inv.records[entryID]
@@ -280,6 +280,13 @@ func (inv *Inventory) Issued(entryID string, kind Kind, caller *Caller) {
 	inv.dirty = true
 }
 
+// SetStaleAfter changes the staleness threshold (a reload).
+func (inv *Inventory) SetStaleAfter(d time.Duration) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.opts.StaleAfter = d
+}
+
 // staleLocked reports whether r is stale at t.
 func (inv *Inventory) staleLocked(r *Record, t time.Time) bool {
 	return inv.opts.StaleAfter > 0 && r.Removed.IsZero() && t.Sub(r.lastUse()) > inv.opts.StaleAfter
@@ -288,7 +295,7 @@ func (inv *Inventory) staleLocked(r *Record, t time.Time) bool {
 // Snapshot returns copies of all records, sorted by SPIFFE ID then entry id,
 // with Stale computed now.
 func (inv *Inventory) Snapshot() []Record {
-	t := now(inv.opts)
+	t := now(inv.opts.Now)
 	inv.mu.Lock()
 	out := make([]Record, 0, len(inv.records))
 	for _, r := range inv.records {
@@ -313,7 +320,7 @@ func (inv *Inventory) Snapshot() []Record {
 
 // StaleCount is the number of stale entries in the policy now.
 func (inv *Inventory) StaleCount() int {
-	t := now(inv.opts)
+	t := now(inv.opts.Now)
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	n := 0
@@ -328,7 +335,7 @@ func (inv *Inventory) StaleCount() int {
 // DisableStale marks every stale entry disabled and returns the ids newly
 // disabled (the caller audits them and stops issuing).
 func (inv *Inventory) DisableStale() []string {
-	t := now(inv.opts)
+	t := now(inv.opts.Now)
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	var ids []string
@@ -355,7 +362,7 @@ func (inv *Inventory) Disabled(entryID string) bool {
 // use becomes now so it is not immediately stale again. False when the
 // entry is unknown.
 func (inv *Inventory) Enable(entryID string) bool {
-	t := now(inv.opts)
+	t := now(inv.opts.Now)
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	r, ok := inv.records[entryID]

@@ -61,9 +61,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func getStatus(ctx context.Context, addr, what string) ([]byte, error) {
+	return getAdmin(ctx, addr, "/v1/status", what)
+}
+
+// getAdmin GETs path from an admin or metrics listener at addr.
+func getAdmin(ctx context.Context, addr, path, what string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: address %q: %v", errUsage, addr, err)
 	}
@@ -74,10 +79,10 @@ func getStatus(ctx context.Context, addr, what string) ([]byte, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, fmt.Errorf("read status: %w", err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status: HTTP %d", resp.StatusCode)
+		return nil, fmt.Errorf("%s: HTTP %d", path, resp.StatusCode)
 	}
 	return body, nil
 }
@@ -106,7 +111,7 @@ func printAgentStatus(stdout io.Writer, st *agent.Status) error {
 	for rpc, n := range st.Streams {
 		streams = append(streams, fmt.Sprintf("%s=%d", rpc, n))
 	}
-	fmt.Fprintf(stdout, "open streams: %s\njwt cached:   %d\n\n", strings.Join(streams, " "), st.JWTCache)
+	fmt.Fprintf(stdout, "open streams: %s\njwt cached:   %d\nstale:        %d entries (nodeward inventory)\n\n", strings.Join(streams, " "), st.JWTCache, st.StaleEntries)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "IDENTITY\tENTRY\tSERIAL\tEXPIRES\tROTATES\n")
 	for _, id := range st.Identities {

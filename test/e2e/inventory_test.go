@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodeward/nodeward/agent"
+	"github.com/nodeward/nodeward/agent/inventory"
+	"github.com/nodeward/nodeward/test/testutil"
+)
+
+func inventoryOf(t *testing.T, admin string) agent.Inventory {
+	t.Helper()
+	out, errOut, code := testutil.Run(t, bin, nil, "inventory", "--json", "--admin", admin)
+	if code != 0 {
+		t.Fatalf("nodeward inventory: exit %d: %s", code, errOut)
+	}
+	var inv agent.Inventory
+	if err := json.Unmarshal([]byte(out), &inv); err != nil {
+		t.Fatalf("inventory JSON %q: %v", out, err)
+	}
+	return inv
+}
+
+func recordOf(inv agent.Inventory, spiffeID string) (inventory.Record, bool) {
+	for _, r := range inv.Entries {
+		if r.SPIFFEID == spiffeID {
+			return r, true
+		}
+	}
+	return inventory.Record{}, false
+}
+
+// TestInventoryRecordsUseAndSurvivesKill9: issuance is recorded per entry
+// (counts, first/last issued, last caller), unused entries turn stale, and
+// the inventory file survives a SIGKILL of the agent with everything older
+// than its one-second flush interval.
+func TestInventoryRecordsUseAndSurvivesKill9(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	admin := "127.0.0.1:" + testutil.FreePort(t)
+	entries := fmt.Sprintf(`admin_listen: %s
+guardrails:
+  stale_after: 2s
+entries:
+  - spiffe_id: spiffe://example.org/used
+    owner: team-a
+    selectors: [unix:uid:%d, "unix:path:%s"]
+  - spiffe_id: spiffe://example.org/never-used
+    selectors: [unix:uid:4242]
+`, admin, os.Geteuid(), bin)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", entries)
+	a := testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+
+	for _, args := range [][]string{{"fetch", "x509", "--socket", sock}, {"fetch", "jwt", "--audience", "api", "--socket", sock}} {
+		if _, errOut, code := testutil.Run(t, bin, nil, args...); code != 0 {
+			t.Fatalf("%v: %s", args, errOut)
+		}
+	}
+	inv := inventoryOf(t, admin)
+	used, ok := recordOf(inv, "spiffe://example.org/used")
+	if !ok || used.X509Issued < 1 || used.JWTIssued != 1 || used.Owner != "team-a" || used.FirstIssued.IsZero() {
+		t.Fatalf("inventory of the used entry: %+v (ok %v)", used, ok)
+	}
+	if used.LastCaller == nil || used.LastCaller.UID != uint32(os.Geteuid()) || used.LastCaller.Binary != bin {
+		t.Fatalf("last caller %+v, want uid %d binary %s", used.LastCaller, os.Geteuid(), bin)
+	}
+	created := used.Created
+
+	// The never-used entry turns stale after stale_after; status and the
+	// metric count it.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r, _ := recordOf(inventoryOf(t, admin), "spiffe://example.org/never-used")
+		if r.Stale {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never-used entry not stale after stale_after: %+v", r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, errOut, code := testutil.Run(t, bin, nil, "status", "--json", "--admin", admin)
+	if code != 0 || !strings.Contains(out, `"stale_entries":`) {
+		t.Fatalf("status: %d %s %s", code, out, errOut)
+	}
+	var st agent.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.StaleEntries < 1 {
+		t.Fatalf("status stale_entries = %d (%v)", st.StaleEntries, err)
+	}
+	if v := scrape(t, admin, "nodeward_stale_entries"); v < 1 {
+		t.Fatalf("nodeward_stale_entries = %v", v)
+	}
+
+	// CSV: a header and one row per entry.
+	out, errOut, code = testutil.Run(t, bin, nil, "inventory", "--csv", "--admin", admin)
+	if code != 0 {
+		t.Fatalf("inventory --csv: %s", errOut)
+	}
+	rows, err := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if err != nil || len(rows) != 3 || rows[0][0] != "spiffe_id" {
+		t.Fatalf("inventory --csv: %v\n%s", err, out)
+	}
+
+	// Wait until the file holds the JWT issue, then SIGKILL.
+	path := filepath.Join(dir, "data", agent.InventoryFile)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), `"jwt_issued":1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("inventory file never held the JWT issue: %s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("inventory file: %v mode %v, want 0600", err, st.Mode().Perm())
+	}
+	if err := a.Cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Cmd.Wait() // "signal: killed"
+
+	testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	after, ok := recordOf(inventoryOf(t, admin), "spiffe://example.org/used")
+	if !ok || after.JWTIssued != 1 || after.X509Issued < 1 || !after.Created.Equal(created) || after.LastCaller == nil {
+		t.Fatalf("after kill -9 and restart: %+v (before: created %v)", after, created)
+	}
+}
