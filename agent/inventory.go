@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"time"
@@ -57,7 +58,7 @@ type Inventory struct {
 
 // InventorySnapshot returns the identity inventory now.
 func (a *Agent) InventorySnapshot() Inventory {
-	return Inventory{StaleAfter: time.Duration(a.config().Guardrails.StaleAfter).String(), Stale: a.inv.StaleCount(),
+	return Inventory{StaleAfter: formatDays(time.Duration(a.config().Guardrails.StaleAfter)), Stale: a.inv.StaleCount(),
 		Entries: a.inv.Snapshot()}
 }
 
@@ -66,4 +67,12 @@ func (a *Agent) serveInventory(w http.ResponseWriter, _ *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(a.InventorySnapshot())
+}
+
+// formatDays writes whole days as the config does ("30d"), else as Go does.
+func formatDays(d time.Duration) string {
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
 }
