@@ -447,6 +447,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.store.Run(ctx) })
 	g.Go(func() error { a.inv.Run(ctx); return nil })
+	g.Go(func() error { a.staleLoop(ctx); return nil })
 	if a.node != nil {
 		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate, a.metrics.TPMQuotes); return nil })
 	}

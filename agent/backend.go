@@ -133,7 +133,10 @@ func (b backend) match(sels []selector.Selector) ([]*policy.Entry, error) {
 		sels = append(sels[:len(sels):len(sels)], n.selectors()...)
 	}
 	entries, err := b.a.store.Match(sels)
-	if err != nil {
+	if err == nil && b.a.config().Guardrails.DisableStale {
+		entries = b.a.enabled(entries)
+	}
+	if err != nil || len(entries) == 0 {
 		b.a.log.Info("denied: no matching entry", "selectors", len(sels))
 		return nil, workloadapi.ErrNoIdentity
 	}

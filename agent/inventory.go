@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/nodeward/nodeward/agent/inventory"
@@ -75,4 +78,86 @@ func formatDays(d time.Duration) string {
 		return fmt.Sprintf("%dd", d/(24*time.Hour))
 	}
 	return d.String()
+}
+
+// EnableDir is the directory in data_dir where `nodeward inventory enable`
+// leaves re-enable requests: one empty file per entry id. Only who can
+// write data_dir (root or the agent's user, checked at start) can re-enable.
+const EnableDir = "enable"
+
+// enabled drops the entries the inventory has disabled as stale.
+func (a *Agent) enabled(entries []*policy.Entry) []*policy.Entry {
+	out := entries[:0:0]
+	for _, e := range entries {
+		if !a.inv.Disabled(e.ID) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// staleLoop applies guardrails.disable_stale: it disables entries that
+// became stale (an audit record each, open streams re-evaluated) and
+// applies the operator's re-enable requests.
+func (a *Agent) staleLoop(ctx context.Context) {
+	for {
+		g := a.config().Guardrails
+		tick := 10 * time.Second
+		if half := time.Duration(g.StaleAfter) / 2; half > 0 && half < tick {
+			tick = half
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(tick):
+		}
+		changed := a.applyEnableRequests()
+		if g.DisableStale {
+			for _, id := range a.inv.DisableStale() {
+				changed = true
+				sid := ""
+				if r, ok := a.inv.Record(id); ok {
+					sid = r.SPIFFEID
+				}
+				reason := "stale: not issued for " + formatDays(time.Duration(g.StaleAfter))
+				a.log.Warn("entry disabled: stale", "entry", id, "spiffe_id", sid, "stale_after", formatDays(time.Duration(g.StaleAfter)))
+				a.obs.record(audit.Record{Event: "disable", Decision: "deny", Reason: reason, EntryID: id, SPIFFEID: sid})
+			}
+		}
+		if changed {
+			a.store.Reevaluate()
+		}
+	}
+}
+
+// applyEnableRequests re-enables the entries named in data_dir/enable and
+// removes the requests; true when one was applied.
+func (a *Agent) applyEnableRequests() bool {
+	dir := filepath.Join(a.config().DataDir, EnableDir)
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return false
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !ok || !st.IsDir() || st.Mode().Perm()&0o022 != 0 ||
+		(sys.Uid != 0 && int(sys.Uid) != os.Geteuid()) {
+		a.log.Warn("inventory: re-enable directory ignored: it must be a directory owned by root or the agent's user, not group- or other-writable", "dir", dir)
+		return false
+	}
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	applied := false
+	for _, n := range names {
+		id := n.Name()
+		_ = os.Remove(filepath.Join(dir, id))
+		if !n.Type().IsRegular() || !a.inv.Enable(id) {
+			a.log.Warn("inventory: ignored re-enable request", "entry", id)
+			continue
+		}
+		applied = true
+		a.log.Info("entry re-enabled by the operator", "entry", id)
+		a.obs.record(audit.Record{Event: "enable", Decision: "allow", Reason: "operator", EntryID: id})
+	}
+	return applied
 }

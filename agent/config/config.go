@@ -121,6 +121,9 @@ type Guardrails struct {
 	// StaleAfter: an entry not issued for this long is reported stale in
 	// the identity inventory, status and metrics (default 30d).
 	StaleAfter Duration
+	// DisableStale stops issuing stale entries (an audit record says so)
+	// until an operator re-enables them (`nodeward inventory enable`).
+	DisableStale bool
 }
 
 // DefaultGuardrails are the guardrails when the config has none.

@@ -171,6 +171,7 @@ func (d decoder) guardrails(v *yaml.Node, g *Guardrails) error {
 		"require_owner":   func(v *yaml.Node) error { return d.boolean(v, "guardrails.require_owner", &g.RequireOwner) },
 		"require_expires": func(v *yaml.Node) error { return d.boolean(v, "guardrails.require_expires", &g.RequireExpires) },
 		"stale_after":     func(v *yaml.Node) error { return d.duration(v, "guardrails.stale_after", &g.StaleAfter) },
+		"disable_stale":   func(v *yaml.Node) error { return d.boolean(v, "guardrails.disable_stale", &g.DisableStale) },
 	})
 }
 

@@ -318,6 +318,21 @@ func (inv *Inventory) Snapshot() []Record {
 	return out
 }
 
+// Record returns a copy of entryID's record.
+func (inv *Inventory) Record(entryID string) (Record, bool) {
+	t := now(inv.opts.Now)
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	r, ok := inv.records[entryID]
+	if !ok {
+		return Record{}, false
+	}
+	c := *r
+	c.Selectors = append([]string(nil), r.Selectors...)
+	c.Stale = inv.staleLocked(r, t)
+	return c, true
+}
+
 // StaleCount is the number of stale entries in the policy now.
 func (inv *Inventory) StaleCount() int {
 	t := now(inv.opts.Now)

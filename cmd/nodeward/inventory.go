@@ -4,14 +4,21 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nodeward/nodeward/agent"
+	"github.com/nodeward/nodeward/agent/config"
 	"github.com/nodeward/nodeward/agent/inventory"
 )
 
@@ -22,8 +29,15 @@ func runInventory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	admin := fs.String("admin", "127.0.0.1:9464", "the agent's admin_listen address")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	asCSV := fs.Bool("csv", false, "print CSV (one row per entry)")
+	dataDir := fs.String("data-dir", config.DefaultDataDir(), "the agent's data_dir (inventory enable)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if rest := fs.Args(); len(rest) > 0 {
+		if len(rest) != 2 || rest[0] != "enable" {
+			return fmt.Errorf("%w: inventory [--json|--csv] | inventory enable ENTRY_ID [--data-dir DIR]", errUsage)
+		}
+		return enableEntry(*dataDir, rest[1], stdout)
 	}
 	if *asJSON && *asCSV {
 		return fmt.Errorf("%w: --json and --csv exclude each other", errUsage)
@@ -52,6 +66,43 @@ func runInventory(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	return tw.Flush()
 }
+
+// enableEntry leaves a re-enable request for a stale-disabled entry in
+// data_dir/enable, owned like data_dir: the agent applies it within
+// seconds (an audit record "enable"). Only who can write data_dir can.
+func enableEntry(dataDir, id string, stdout io.Writer) error {
+	if !entryIDPattern.MatchString(id) {
+		return fmt.Errorf("%w: %q is not an entry id (the ENTRY column of nodeward inventory)", errUsage, id)
+	}
+	st, err := os.Stat(dataDir)
+	if err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	sys, _ := st.Sys().(*syscall.Stat_t)
+	dir := filepath.Join(dataDir, agent.EnableDir)
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("re-enable request: %w", err)
+	}
+	p := filepath.Join(dir, id)
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		return fmt.Errorf("re-enable request: %w", err)
+	}
+	if sys != nil {
+		// The agent may run as its own user: give the request its owner.
+		if err := os.Chown(dir, int(sys.Uid), int(sys.Gid)); err != nil {
+			return fmt.Errorf("re-enable request: %w", err)
+		}
+		if err := os.Chown(p, int(sys.Uid), int(sys.Gid)); err != nil {
+			return fmt.Errorf("re-enable request: %w", err)
+		}
+	}
+	fmt.Fprintf(stdout, "re-enable of entry %s requested; the agent applies it within 10 s\n", id)
+	return nil
+}
+
+// entryIDPattern is the shape of entry ids: explicit ids of the config
+// ([A-Za-z0-9._-]) or derived hex.
+var entryIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$`)
 
 func printInventoryCSV(w io.Writer, recs []inventory.Record) error {
 	cw := csv.NewWriter(w)

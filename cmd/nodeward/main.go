@@ -48,7 +48,7 @@ func commands() []command {
 		{"entries", "entries check FILE                check registration entries against the guardrails (exit 0 ok, 1 findings, 2 unreadable)", runEntries},
 		{"node", "node attest|verify [flags]       TPM node attestation: print evidence, or verify it (with credential activation)", runNode},
 		{"status", "status [--admin ADDR] [--json]   show identities, entries, streams and caches", runStatus},
-		{"inventory", "inventory [--admin ADDR] [--json|--csv]  the identity inventory: every entry, its use and staleness", runInventory},
+		{"inventory", "inventory [--admin ADDR] [--json|--csv] | inventory enable ENTRY_ID  the identity inventory; re-enable a stale-disabled entry", runInventory},
 		{"healthcheck", "healthcheck [--socket S]        exit 0 when the agent answers", runHealthcheck},
 		{"version", "version                         print the version", runVersion},
 	}

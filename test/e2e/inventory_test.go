@@ -136,3 +136,91 @@ entries:
 		t.Fatalf("after kill -9 and restart: %+v (before: created %v)", after, created)
 	}
 }
+
+// TestDisableStaleAndOperatorReEnable: with guardrails.disable_stale an entry
+// unused for stale_after stops issuing (an audit record says why) until the
+// operator re-enables it with `nodeward inventory enable`; a re-enable
+// request planted by another user in a directory it could write is ignored.
+func TestDisableStaleAndOperatorReEnable(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	admin := "127.0.0.1:" + testutil.FreePort(t)
+	entries := fmt.Sprintf(`admin_listen: %s
+guardrails:
+  stale_after: 2s
+  disable_stale: true
+entries:
+  - spiffe_id: spiffe://example.org/sleepy
+    selectors: [unix:uid:%d, "unix:path:%s"]
+`, admin, os.Geteuid(), bin)
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", entries)
+	testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	fetch := func() (string, int) {
+		_, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock)
+		return errOut, code
+	}
+	if errOut, code := fetch(); code != 0 {
+		t.Fatalf("fresh entry: %s", errOut)
+	}
+
+	var rec inventory.Record
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		rec, _ = recordOf(inventoryOf(t, admin), "spiffe://example.org/sleepy")
+		if rec.Disabled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stale entry never disabled: %+v", rec)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if errOut, code := fetch(); code == 0 || !strings.Contains(errOut, "PermissionDenied") {
+		t.Fatalf("a disabled entry still issued (exit %d): %s", code, errOut)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "audit.log"))
+	if !strings.Contains(string(b), `"event":"disable"`) || !strings.Contains(string(b), "stale: not issued for 2s") {
+		t.Fatalf("no audit record of the disable:\n%s", b)
+	}
+
+	// A group/other-writable request directory is ignored.
+	enable := filepath.Join(dir, "data", agent.EnableDir)
+	if err := os.Mkdir(enable, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(enable, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(enable, rec.EntryID), nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if r, _ := recordOf(inventoryOf(t, admin), "spiffe://example.org/sleepy"); !r.Disabled {
+			t.Fatal("a request in an other-writable directory re-enabled the entry")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := os.RemoveAll(enable); err != nil {
+		t.Fatal(err)
+	}
+
+	out, errOut, code := testutil.Run(t, bin, nil, "inventory", "enable", rec.EntryID, "--data-dir", filepath.Join(dir, "data"))
+	if code != 0 {
+		t.Fatalf("inventory enable: %s %s", out, errOut)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		if _, code := fetch(); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("re-enabled entry does not issue")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b, _ = os.ReadFile(filepath.Join(dir, "audit.log"))
+	if !strings.Contains(string(b), `"event":"enable"`) {
+		t.Fatalf("no audit record of the re-enable:\n%s", b)
+	}
+}
