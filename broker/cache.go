@@ -111,9 +111,11 @@ func (c *Cache) usable(tok *Token, now time.Time) bool {
 // Token returns a cached token, or fetches one (once for concurrent callers).
 func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
 	now := c.now()
+	var seen *Token
 	if e, ok := c.lru.Get(k); ok {
 		e.mu.Lock()
 		tok := e.tok
+		seen = tok
 		if c.usable(tok, now) {
 			e.lastUsed = now
 			e.mu.Unlock()
@@ -128,15 +130,27 @@ func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
 	if c.cfg.OnLookup != nil {
 		c.cfg.OnLookup(false)
 	}
-	return c.fetch(ctx, k)
+	return c.fetch(ctx, k, seen)
 }
 
-// fetch asks the next source, coalescing concurrent calls for one key. The
+// fetch asks the next source, coalescing concurrent calls for one key;
+// seen is the cached token the caller found unusable or due (nil: none). The
 // upstream call is detached from a caller that gives up, so the others (and
 // the cache) still get its answer; the upstream's own timeout bounds it, and
 // it ends with the cache's Run context.
-func (c *Cache) fetch(ctx context.Context, k Key) (*Token, error) {
+func (c *Cache) fetch(ctx context.Context, k Key, seen *Token) (*Token, error) {
 	ch := c.sf.DoChan(k.String(), func() (any, error) {
+		// A caller that missed the cache just before another call for k
+		// stored its token (and left the flight) finds it here: one
+		// upstream call per key, not two.
+		if e, ok := c.lru.Peek(k); ok {
+			e.mu.Lock()
+			tok := e.tok
+			e.mu.Unlock()
+			if tok != seen && c.usable(tok, c.now()) {
+				return tok, nil
+			}
+		}
 		uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		defer cancel()
 		stop := context.AfterFunc(c.running(), cancel)
@@ -261,7 +275,10 @@ func (c *Cache) refresh(ctx context.Context, k Key, e *entry) {
 		return
 	}
 	defer func() { <-c.sem }()
-	_, err := c.fetch(ctx, k)
+	e.mu.Lock()
+	seen := e.tok
+	e.mu.Unlock()
+	_, err := c.fetch(ctx, k, seen)
 	now := c.now()
 	e.mu.Lock()
 	e.inflight = false
