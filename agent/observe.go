@@ -88,6 +88,11 @@ func (o *observer) JWTMinted(*policy.Entry, *identity.JWTSVID) {
 
 func (o *observer) Revoked(e *policy.Entry, reason string) {
 	o.m.Revocations.Inc()
+	delay := 0.0
+	if reason == "expired" && !e.ExpiresAt.IsZero() {
+		delay = max(0, time.Since(e.ExpiresAt).Seconds())
+	}
+	o.m.RevocationDelay.WithLabelValues(reason).Observe(delay)
 	o.record(audit.Record{Event: "revoke", Decision: "deny", Reason: reason,
 		SPIFFEID: e.SPIFFEID.String(), EntryID: e.ID})
 }

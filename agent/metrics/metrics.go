@@ -26,12 +26,16 @@ type Metrics struct {
 	Rotations      prometheus.Counter
 	RotationFails  prometheus.Counter
 	Revocations    prometheus.Counter
-	Reloads        *prometheus.CounterVec // result
-	AuditErrors    prometheus.Counter
-	AuditDropped   *prometheus.CounterVec // reason (rate_limited)
-	AuditReopen    prometheus.Counter     // failed reopens (SIGUSR1)
-	TPMQuotes      *prometheus.CounterVec // result (ok, error)
-	IntermRotation *prometheus.CounterVec // result (ok, error)
+	// RevocationDelay is how late a revocation took effect: for an entry
+	// past its expires, the time from expiry to the agent dropping it; for
+	// a reload or a stale disable, 0 (it applies at once).
+	RevocationDelay *prometheus.HistogramVec // reason
+	Reloads         *prometheus.CounterVec   // result
+	AuditErrors     prometheus.Counter
+	AuditDropped    *prometheus.CounterVec // reason (rate_limited)
+	AuditReopen     prometheus.Counter     // failed reopens (SIGUSR1)
+	TPMQuotes       *prometheus.CounterVec // result (ok, error)
+	IntermRotation  *prometheus.CounterVec // result (ok, error)
 }
 
 // Buckets for local RPCs: 50 µs to ~400 ms.
@@ -86,6 +90,10 @@ func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metr
 		Revocations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nodeward_entries_revoked_total", Help: "Registration entries removed from the policy (reload or expiry).",
 		}),
+		RevocationDelay: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "nodeward_revocation_delay_seconds", Help: "How late revocations took effect, by reason (expired: from the entry's expires to the agent dropping it; removed: 0, a reload applies at once).",
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 9),
+		}, []string{"reason"}),
 		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodeward_config_reloads_total", Help: "Configuration reloads, by result (ok, error).",
 		}, []string{"result"}),
@@ -106,7 +114,7 @@ func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metr
 		}, []string{"result"}),
 	}
 	for _, c := range []prometheus.Collector{m.RPCs, m.RPCDuration, m.OpenStreams, m.Issued, m.Denied, m.Attestation,
-		m.AttestFailures, m.Minted, m.Rotations, m.RotationFails, m.Revocations, m.Reloads, m.AuditErrors, m.AuditDropped, m.AuditReopen,
+		m.AttestFailures, m.Minted, m.Rotations, m.RotationFails, m.Revocations, m.RevocationDelay, m.Reloads, m.AuditErrors, m.AuditDropped, m.AuditReopen,
 		m.TPMQuotes, m.IntermRotation} {
 		f(c)
 	}
@@ -150,4 +158,7 @@ func (m *Metrics) initLabels() {
 		m.IntermRotation.WithLabelValues(result)
 	}
 	m.AuditDropped.WithLabelValues("rate_limited")
+	for _, reason := range []string{"expired", "removed"} {
+		m.RevocationDelay.WithLabelValues(reason)
+	}
 }

@@ -224,3 +224,38 @@ entries:
 		t.Fatalf("no audit record of the re-enable:\n%s", b)
 	}
 }
+
+// TestRevocationDelayMeasured: an entry passing its expires is revoked at
+// once (open streams lose it), and nodeward_revocation_delay_seconds says
+// how late: the time-to-revoke signal of the SLO pack.
+func TestRevocationDelayMeasured(t *testing.T) {
+	dir := testutil.SocketDir(t)
+	admin := "127.0.0.1:" + testutil.FreePort(t)
+	expires := time.Now().Add(3 * time.Second).UTC().Truncate(time.Second).Add(time.Second)
+	entries := fmt.Sprintf(`admin_listen: %s
+entries:
+  - spiffe_id: spiffe://example.org/short-lived
+    selectors: [unix:uid:%d, "unix:path:%s"]
+    expires: %s
+`, admin, os.Geteuid(), bin, expires.Format(time.RFC3339))
+	cfg, sock := testutil.WriteConfig(t, dir, "example.org", entries)
+	testutil.StartAgent(t, bin, cfg, sock)
+	testutil.WaitServing(t, sock, 10*time.Second)
+	if _, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock); code != 0 {
+		t.Fatalf("before expiry: %s", errOut)
+	}
+	const count = `nodeward_revocation_delay_seconds_count{reason="expired"}`
+	deadline := time.Now().Add(time.Until(expires) + 40*time.Second)
+	for scrape(t, admin, count) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the expired entry was never revoked")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if d := scrape(t, admin, `nodeward_revocation_delay_seconds_sum{reason="expired"}`); d < 0 || d > 5 {
+		t.Fatalf("revoked %.3fs after expiry, want within 5s", d)
+	}
+	if _, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", sock); code == 0 || !strings.Contains(errOut, "PermissionDenied") {
+		t.Fatalf("after expiry: exit %d %s", code, errOut)
+	}
+}
