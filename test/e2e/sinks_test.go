@@ -55,15 +55,6 @@ func poll(t *testing.T, within time.Duration, what string, p *testutil.Agent, co
 	}
 }
 
-func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
-}
-
 // victim starts a root process that SIGHUP would kill.
 func victim(t *testing.T) int {
 	t.Helper()
@@ -107,7 +98,7 @@ func TestSinkPIDFileOfAnotherUserNotSignaled(t *testing.T) {
 	if !strings.Contains(log, "owned by uid 65534") || !strings.Contains(log, "not the configured binary") {
 		t.Fatalf("refusals do not say why:\n%s", log)
 	}
-	if !processAlive(pid) {
+	if !testutil.ProcessAlive(pid) {
 		t.Fatal("the root process named by the PID file was signalled")
 	}
 }
@@ -163,7 +154,7 @@ func TestOnRotateTimeoutKillsForkedDaemon(t *testing.T) {
 		return err == nil
 	})
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	poll(t, 15*time.Second, "the forked daemon to die with the command", side, func() bool { return !processAlive(pid) })
+	poll(t, 15*time.Second, "the forked daemon to die with the command", side, func() bool { return !testutil.ProcessAlive(pid) })
 }
 
 // TestRevokedIdentityFilesRemoved (item 11): when the agent revokes the

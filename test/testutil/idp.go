@@ -93,39 +93,31 @@ func (i *IdP) Start(t testing.TB, jwksURL, svidAudience, trustDomain string, tok
 	i.cmd = cmd
 }
 
-// Grants returns how many tokens the IdP has issued.
-func (i *IdP) Grants(t testing.TB) int {
-	t.Helper()
-	resp, err := http.Get(i.URL + "/stats")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var s struct {
-		Grants int `json:"grants"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatal(err)
-	}
-	return s.Grants
+// idpStats is the IdP's GET /stats.
+type idpStats struct {
+	Grants        int `json:"grants"`
+	TokenRequests int `json:"token_requests"`
 }
 
-// TokenRequests returns how many requests reached the IdP's token endpoint.
-func (i *IdP) TokenRequests(t testing.TB) int {
+func (i *IdP) stats(t testing.TB) idpStats {
 	t.Helper()
 	resp, err := http.Get(i.URL + "/stats")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var s struct {
-		TokenRequests int `json:"token_requests"`
-	}
+	var s idpStats
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		t.Fatal(err)
 	}
-	return s.TokenRequests
+	return s
 }
+
+// Grants returns how many tokens the IdP has issued.
+func (i *IdP) Grants(t testing.TB) int { t.Helper(); return i.stats(t).Grants }
+
+// TokenRequests returns how many requests reached the IdP's token endpoint.
+func (i *IdP) TokenRequests(t testing.TB) int { t.Helper(); return i.stats(t).TokenRequests }
 
 // Misbehave switches on one of the IdP's misbehaviours ("" for none):
 // short (expires_in 1), mac, dpop (that token_type), retry-after (429 with

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -185,4 +186,15 @@ func MainWithBinary(m *testing.M, bin *string) {
 	_ = os.RemoveAll(dir)
 	swtpm.Cleanup()
 	os.Exit(code)
+}
+
+// ProcessAlive reports whether pid runs (exists and is not a zombie).
+func ProcessAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// State is the field after the parenthesised command name.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
