@@ -32,9 +32,9 @@ import (
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/tpm"
 	"github.com/nodeward/nodeward/attestors/unix"
+	"github.com/nodeward/nodeward/internal/audit"
+	"github.com/nodeward/nodeward/internal/peercred"
 	"github.com/nodeward/nodeward/workloadapi"
-	"github.com/nodeward/nodeward/workloadapi/audit"
-	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
 // Agent is one running nodeward agent.

@@ -14,8 +14,8 @@ import (
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/selector"
 	"github.com/nodeward/nodeward/attestors/unix"
+	"github.com/nodeward/nodeward/internal/peercred"
 	"github.com/nodeward/nodeward/workloadapi"
-	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
 // backend adapts the identity store to the Workload API server.

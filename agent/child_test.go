@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/internal/peercred"
 	"github.com/nodeward/nodeward/test/swtpm"
-	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
 // Child-process modes of the test binary, chosen by NODEWARD_TEST_CHILD.

@@ -13,7 +13,7 @@ import (
 	"github.com/nodeward/nodeward/agent/inventory"
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/selector"
-	"github.com/nodeward/nodeward/workloadapi/audit"
+	"github.com/nodeward/nodeward/internal/audit"
 )
 
 // InventoryFile is the identity inventory's file in data_dir.

@@ -8,8 +8,8 @@ import (
 	"github.com/nodeward/nodeward/agent/identity"
 	"github.com/nodeward/nodeward/agent/metrics"
 	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/internal/audit"
 	"github.com/nodeward/nodeward/workloadapi"
-	"github.com/nodeward/nodeward/workloadapi/audit"
 )
 
 // observer feeds what the Workload API server and the identity store do to

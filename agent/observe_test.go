@@ -18,7 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 
-	"github.com/nodeward/nodeward/workloadapi/audit"
+	"github.com/nodeward/nodeward/internal/audit"
 )
 
 // noteKey registers a private key's encodings for the secret sweep.

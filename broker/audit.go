@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nodeward/nodeward/workloadapi/audit"
+	"github.com/nodeward/nodeward/internal/audit"
 )
 
 // ReopenAudit reopens a file audit_log after log rotation moved it (SIGUSR1);

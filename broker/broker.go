@@ -22,9 +22,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/nodeward/nodeward/internal/audit"
+	"github.com/nodeward/nodeward/internal/peercred"
 	"github.com/nodeward/nodeward/sinks"
-	"github.com/nodeward/nodeward/workloadapi/audit"
-	"github.com/nodeward/nodeward/workloadapi/peercred"
 )
 
 // Broker is a running token broker.

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodeward/nodeward/workloadapi/peercred"
+	"github.com/nodeward/nodeward/internal/peercred"
 )
 
 // serveAPI serves api on a real Unix socket and returns a client for it.

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodeward/nodeward/internal/atomicfile"
 	"github.com/nodeward/nodeward/sinks"
-	"github.com/nodeward/nodeward/workloadapi/atomicfile"
 )
 
 // SinkFile configures a token file for apps that only read files.

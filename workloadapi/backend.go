@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/nodeward/nodeward/attestors/selector"
-	"github.com/nodeward/nodeward/workloadapi/audit"
-	"github.com/nodeward/nodeward/workloadapi/peercred"
+	"github.com/nodeward/nodeward/internal/audit"
+	"github.com/nodeward/nodeward/internal/peercred"
 )
 
 // Sentinel errors a Backend returns; the server maps them to gRPC codes.

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nodeward/nodeward/workloadapi/peercred"
+	"github.com/nodeward/nodeward/internal/peercred"
 )
 
 // Reasons a call is refused by the limits (the `reason` label of

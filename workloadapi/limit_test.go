@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/nodeward/nodeward/workloadapi/peercred"
+	"github.com/nodeward/nodeward/internal/peercred"
 )
 
 func uidCtx(uid uint32) context.Context {

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/nodeward/nodeward/attestors/selector"
-	"github.com/nodeward/nodeward/workloadapi/audit"
-	"github.com/nodeward/nodeward/workloadapi/peercred"
+	"github.com/nodeward/nodeward/internal/audit"
+	"github.com/nodeward/nodeward/internal/peercred"
 )
 
 // Request limits; larger input gets InvalidArgument.

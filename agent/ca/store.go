@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodeward/nodeward/internal/atomicfile"
 	"github.com/nodeward/nodeward/internal/safefs"
-	"github.com/nodeward/nodeward/workloadapi/atomicfile"
 )
 
 // File names inside the data directory.

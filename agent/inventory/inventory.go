@@ -27,7 +27,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nodeward/nodeward/workloadapi/atomicfile"
+	"github.com/nodeward/nodeward/internal/atomicfile"
 )
 
 // Kind is what was issued for an entry.

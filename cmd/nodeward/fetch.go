@@ -16,7 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/nodeward/nodeward/workloadapi/atomicfile"
+	"github.com/nodeward/nodeward/internal/atomicfile"
 )
 
 const fetchTimeout = 10 * time.Second

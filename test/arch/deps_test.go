@@ -1,5 +1,5 @@
 // Package arch holds tests that keep the project's dependency direction:
-// cmd -> agent, broker -> workloadapi, attestors -> proto. See docs/architecture.md.
+// cmd -> agent, broker -> internal; workloadapi -> internal; attestors -> selector. See docs/architecture.md.
 package arch
 
 import (
@@ -22,9 +22,11 @@ func TestDependencyDirection(t *testing.T) {
 		allowOnly []string // project imports allowed (prefixes); nil = no such rule
 	}{
 		{pkgPrefix: module + "/workloadapi", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd"}},
-		{pkgPrefix: module + "/broker", forbidden: []string{module + "/agent", module + "/cmd"}},
-		{pkgPrefix: module + "/sinks", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd"}},
-		{pkgPrefix: module + "/internal", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd", module + "/sinks"}},
+		// The broker and sinks are Workload API clients: what they share
+		// with the agent (audit, peercred, atomicfile) lives in internal/.
+		{pkgPrefix: module + "/broker", forbidden: []string{module + "/agent", module + "/cmd", module + "/workloadapi"}},
+		{pkgPrefix: module + "/sinks", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd", module + "/workloadapi"}},
+		{pkgPrefix: module + "/internal", forbidden: []string{module + "/agent", module + "/broker", module + "/cmd", module + "/sinks", module + "/workloadapi", module + "/attestors"}},
 		{pkgPrefix: module + "/attestors", allowOnly: []string{module + "/attestors/selector"}},
 		{pkgPrefix: module + "/agent", forbidden: []string{module + "/cmd", module + "/broker", module + "/test"}},
 	}

@@ -25,8 +25,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/nodeward/nodeward/internal/audit"
 	"github.com/nodeward/nodeward/test/testutil"
-	"github.com/nodeward/nodeward/workloadapi/audit"
 )
 
 // Issue 11, items 4, 6 and 7: what callers can make the audit trail write,
