@@ -143,7 +143,26 @@ func (b backend) match(sels []selector.Selector) ([]*policy.Entry, error) {
 	return entries, nil
 }
 
-func (b backend) tdID() string { return b.a.ca.TrustDomain().IDString() }
+func (b backend) tdID() string { return b.a.store.Source().TrustDomain().IDString() }
+
+// federated returns the federated bundles the entries' workloads receive:
+// those of every trust domain one of them federates with, when the source
+// holds that bundle (a trust domain whose bundle is not known yet is left
+// out; it is sent once it arrives).
+func federated(bs *identity.Bundles, entries []*policy.Entry) map[string]*identity.FederatedBundle {
+	var out map[string]*identity.FederatedBundle
+	for _, e := range entries {
+		for _, td := range e.FederatesWith {
+			if f, ok := bs.Federated[td]; ok {
+				if out == nil {
+					out = make(map[string]*identity.FederatedBundle)
+				}
+				out[td.IDString()] = f
+			}
+		}
+	}
+	return out
+}
 
 func (b backend) X509(sels []selector.Selector) (*workloadapi.X509State, error) {
 	entries, err := b.match(sels)
@@ -157,10 +176,17 @@ func (b backend) X509(sels []selector.Selector) (*workloadapi.X509State, error) 
 	if err != nil {
 		return nil, err
 	}
+	bs := b.a.store.Bundles()
 	st := &workloadapi.X509State{
 		SVIDs:      make([]workloadapi.X509SVID, len(svids)),
-		BundleDER:  b.a.ca.X509BundleDER(),
+		BundleDER:  bs.OwnX509DER,
 		TrustDomID: b.tdID(),
+	}
+	for td, f := range federated(bs, entries) {
+		if st.Federated == nil {
+			st.Federated = make(map[string][]byte)
+		}
+		st.Federated[td] = f.X509DER
 	}
 	for i, sv := range svids {
 		st.SVIDs[i] = workloadapi.X509SVID{
@@ -178,17 +204,29 @@ func (b backend) X509(sels []selector.Selector) (*workloadapi.X509State, error) 
 }
 
 func (b backend) X509Bundles(sels []selector.Selector) (map[string][]byte, error) {
-	if _, err := b.match(sels); err != nil {
+	entries, err := b.match(sels)
+	if err != nil {
 		return nil, err
 	}
-	return map[string][]byte{b.tdID(): b.a.ca.X509BundleDER()}, nil
+	bs := b.a.store.Bundles()
+	out := map[string][]byte{b.tdID(): bs.OwnX509DER}
+	for td, f := range federated(bs, entries) {
+		out[td] = f.X509DER
+	}
+	return out, nil
 }
 
 func (b backend) JWTBundles(sels []selector.Selector) (map[string][]byte, error) {
-	if _, err := b.match(sels); err != nil {
+	entries, err := b.match(sels)
+	if err != nil {
 		return nil, err
 	}
-	return map[string][]byte{b.tdID(): b.a.ca.JWKS()}, nil
+	bs := b.a.store.Bundles()
+	out := map[string][]byte{b.tdID(): bs.OwnJWKS}
+	for td, f := range federated(bs, entries) {
+		out[td] = f.JWKS
+	}
+	return out, nil
 }
 
 func (b backend) JWTSVIDs(sels []selector.Selector, id string, audience []string) ([]workloadapi.JWTSVID, error) {

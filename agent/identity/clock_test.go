@@ -118,11 +118,11 @@ func TestExpiredIntermediateGivesErrUnavailable(t *testing.T) {
 	if _, err := s.X509SVIDs([]*policy.Entry{e}); err != nil {
 		t.Fatal(err)
 	}
-	if !s.CA().CanIssue() {
+	if !s.Source().(*LocalSource).CA().CanIssue() {
 		t.Fatal("CanIssue false with a fresh intermediate")
 	}
 	clk.Add(time.Minute - ca.MinLeafLife/2) // intermediate nearly gone, not renewed
-	if s.CA().CanIssue() {
+	if s.Source().(*LocalSource).CA().CanIssue() {
 		t.Fatal("CanIssue true with an intermediate about to expire")
 	}
 	for range 3 {
@@ -137,7 +137,7 @@ func TestExpiredIntermediateGivesErrUnavailable(t *testing.T) {
 	if next := s.rotateDue(); !next.IsZero() {
 		t.Fatalf("rotation scheduled at %v with nothing cached", next)
 	}
-	if err := s.CA().RotateIntermediate(); err != nil {
+	if err := s.Source().(*LocalSource).CA().RotateIntermediate(); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.X509SVIDs([]*policy.Entry{e})
@@ -238,7 +238,10 @@ func TestConcurrentIssueRotateObserve(t *testing.T) {
 					ix, _ := policy.NewIndex([]*policy.Entry{&cp})
 					s.SetIndex(ix)
 				default:
-					if _, err := s.X509SVIDs([]*policy.Entry{e}); err != nil {
+					// The clock jumps 20 s at a time under the mint: an
+					// SVID minted just before a jump may be expired by the
+					// time it is checked, and is then refused, never served.
+					if _, err := s.X509SVIDs([]*policy.Entry{e}); err != nil && !errors.Is(err, ErrUnavailable) {
 						t.Error(err)
 						return
 					}

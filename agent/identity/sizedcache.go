@@ -68,6 +68,20 @@ func (c *sizedCache[K, V]) Add(k K, v V) bool {
 	return true
 }
 
+// RemoveIf drops every entry for which drop returns true. drop runs under
+// the cache's lock and must be quick.
+func (c *sizedCache[K, V]) RemoveIf(drop func(K, V) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for el := c.ll.Back(); el != nil; {
+		prev := el.Prev()
+		if it := el.Value.(*sizedItem[K, V]); drop(it.key, it.val) {
+			c.removeLocked(el)
+		}
+		el = prev
+	}
+}
+
 // Remove drops k.
 func (c *sizedCache[K, V]) Remove(k K) {
 	c.mu.Lock()

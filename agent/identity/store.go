@@ -1,5 +1,6 @@
 // Package identity is the agent's identity core: it holds the current policy
-// index, mints SVIDs through the CA on demand, caches them, rotates X.509-SVIDs
+// index, mints SVIDs through a Source (the local CA, or a SPIRE server) on
+// demand and outside its lock, caches them, rotates X.509-SVIDs
 // at a jittered point past half their lifetime, caches JWT-SVIDs per
 // (SPIFFE ID, audience set), and notifies watchers (open Workload API streams)
 // whenever anything they may have been sent changes.
@@ -12,6 +13,8 @@ package identity
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +27,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/nodeward/nodeward/agent/ca"
 	"github.com/nodeward/nodeward/agent/policy"
@@ -50,6 +54,9 @@ var ErrNotEntitled = errors.New("caller is not entitled to the requested SPIFFE 
 
 // Config configures a Store.
 type Config struct {
+	// Source mints SVIDs and publishes bundles. CA is a shorthand for
+	// NewLocalSource(CA); exactly one of them is set.
+	Source Source
 	CA     *ca.CA
 	Index  *policy.Index // nil means deny-all
 	Logger *slog.Logger
@@ -100,6 +107,7 @@ type X509SVID struct {
 // JWTSVID is a JWT-SVID for one SPIFFE ID and audience set.
 type JWTSVID struct {
 	ID        spiffeid.ID
+	KeyID     string // the signing key's id (kid)
 	EntryID   string
 	Hint      string
 	Token     string
@@ -115,15 +123,19 @@ type jwtKey struct {
 
 // Store is the identity core. It is safe for concurrent use.
 type Store struct {
-	ca    *ca.CA
+	src   Source
 	log   *slog.Logger
 	clock func() time.Time
 	obs   Observer
 
+	// flight makes concurrent requests for one SVID share one mint.
+	flight singleflight.Group
+
 	mu      sync.RWMutex
 	index   *policy.Index
-	x509    map[string]*X509SVID // by entry ID
-	changed chan struct{}        // closed and replaced on every change
+	byID    map[string]*policy.Entry // the index's entries by ID
+	x509    map[string]*X509SVID     // by entry ID
+	changed chan struct{}            // closed and replaced on every change
 	version uint64
 	wake    chan struct{}   // nudges the rotation loop
 	expired map[string]bool // entry IDs whose expiry was already handled
@@ -135,8 +147,17 @@ type Store struct {
 
 // New returns a Store.
 func New(cfg Config) (*Store, error) {
-	if cfg.CA == nil {
-		return nil, errors.New("identity: CA is required")
+	switch {
+	case cfg.Source == nil && cfg.CA == nil:
+		return nil, errors.New("identity: a source (or CA) is required")
+	case cfg.Source != nil && cfg.CA != nil:
+		return nil, errors.New("identity: set a source or a CA, not both")
+	case cfg.CA != nil:
+		src, err := NewLocalSource(cfg.CA)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Source = src
 	}
 	if cfg.Index == nil {
 		cfg.Index = policy.Empty
@@ -160,11 +181,12 @@ func New(cfg Config) (*Store, error) {
 	vc := newSizedCache(1024, cfg.JWTCacheBytes, validatedSize)
 	return &Store{
 		validated: vc,
-		ca:        cfg.CA,
+		src:       cfg.Source,
 		log:       cfg.Logger,
 		obs:       cfg.Observer,
 		clock:     cfg.Clock,
 		index:     cfg.Index,
+		byID:      entriesByID(cfg.Index),
 		x509:      make(map[string]*X509SVID),
 		changed:   make(chan struct{}),
 		wake:      make(chan struct{}, 1),
@@ -212,8 +234,19 @@ func (s *Store) Wake() {
 	}
 }
 
-// CA returns the CA the store mints with.
-func (s *Store) CA() *ca.CA { return s.ca }
+// Source returns the source the store mints with.
+func (s *Store) Source() Source { return s.src }
+
+// Bundles returns the source's current bundles.
+func (s *Store) Bundles() *Bundles { return s.src.Bundles() }
+
+func entriesByID(ix *policy.Index) map[string]*policy.Entry {
+	m := make(map[string]*policy.Entry, ix.Len())
+	for _, e := range ix.Entries() {
+		m[e.ID] = e
+	}
+	return m
+}
 
 // Index returns the current policy index.
 func (s *Store) Index() *policy.Index {
@@ -267,6 +300,7 @@ func (s *Store) SetIndex(ix *policy.Index) {
 		}
 	}
 	s.index = ix
+	s.byID = keep
 	for id, sv := range s.x509 {
 		if e, ok := keep[id]; !ok || !sameEntry(e, sv.Entry) {
 			delete(s.x509, id)
@@ -289,7 +323,15 @@ func (s *Store) SetIndex(ix *policy.Index) {
 // sameEntry reports whether an SVID minted for old is still right for e.
 func sameEntry(e, old *policy.Entry) bool {
 	return e.SPIFFEID == old.SPIFFEID && e.X509TTL == old.X509TTL &&
-		strings.Join(e.DNSNames, ",") == strings.Join(old.DNSNames, ",")
+		strings.Join(e.DNSNames, ",") == strings.Join(old.DNSNames, ",") &&
+		e.Revision == old.Revision
+}
+
+// currentLocked reports whether e is still in the policy, unchanged for
+// its SVIDs. s.mu must be held.
+func (s *Store) currentLocked(e *policy.Entry) bool {
+	cur, ok := s.byID[e.ID]
+	return ok && (cur == e || sameEntry(cur, e))
 }
 
 // Match returns the entries the selectors grant, or ErrNoIdentity.
@@ -312,49 +354,35 @@ func (s *Store) Match(sels []selector.Selector) ([]*policy.Entry, error) {
 // yet cached or past their usable life (checked against the wall clock on
 // every call). Entries sharing a SPIFFE ID yield one SVID each (distinct
 // hints are the caller's business). When a needed SVID cannot be minted
-// because the CA's issuer expired, it returns ErrUnavailable: an expired
-// SVID is never returned.
+// because the source cannot sign now (the CA's issuer expired, the server
+// is unreachable), it returns ErrUnavailable: an expired SVID is never
+// returned. Minting runs outside the store's lock; concurrent callers
+// needing the same SVID share one mint.
 func (s *Store) X509SVIDs(entries []*policy.Entry) ([]*X509SVID, error) {
 	out := make([]*X509SVID, 0, len(entries))
-	var missing []*policy.Entry
+	var missing []int
 	now := s.clock()
 	s.mu.RLock()
-	for _, e := range entries {
-		if sv, ok := s.x509[e.ID]; ok && usable(sv, now) {
+	for i, e := range entries {
+		if sv, ok := s.x509[e.ID]; ok && usable(sv, now) && !s.stale(sv) {
 			out = append(out, sv)
 		} else {
-			missing = append(missing, e)
+			out = append(out, nil)
+			missing = append(missing, i)
 		}
 	}
 	s.mu.RUnlock()
-	if len(missing) == 0 {
-		return out, nil
-	}
-	// Slow path: mint under the write lock so that concurrent callers share one SVID.
-	s.mu.Lock()
-	defer s.unlock()
-	out = out[:0]
-	minted := false
-	for _, e := range entries {
-		sv, ok := s.x509[e.ID]
-		if !ok || !usable(sv, now) {
-			var err error
-			sv, err = s.mintLocked(e, ok)
-			if err != nil {
-				if ok {
-					delete(s.x509, e.ID) // expired: never serve it again
-					s.notifyLocked()
-				}
-				if errors.Is(err, ca.ErrIssuerExpiring) {
-					return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-				}
-				return nil, err
-			}
-			minted = true
+	for _, i := range missing {
+		s.mu.RLock()
+		seen := s.x509[entries[i].ID]
+		s.mu.RUnlock()
+		sv, err := s.mintX509(entries[i], seen)
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, sv)
+		out[i] = sv
 	}
-	if minted {
+	if len(missing) > 0 {
 		select {
 		case s.wake <- struct{}{}:
 		default:
@@ -363,10 +391,64 @@ func (s *Store) X509SVIDs(entries []*policy.Entry) ([]*X509SVID, error) {
 	return out, nil
 }
 
-func (s *Store) mintLocked(e *policy.Entry, rotation bool) (*X509SVID, error) {
-	svid, err := s.ca.MintX509SVID(e.SPIFFEID, e.DNSNames, e.X509TTL)
+// stale reports whether the source withdrew the authority that signed sv.
+func (s *Store) stale(sv *X509SVID) bool {
+	st, ok := s.src.(Staler)
+	return ok && st.StaleX509(sv.SVID.Certificates)
+}
+
+// mintX509 replaces seen (the cached SVID the caller found wanting, or
+// nil) for e: it returns the cached SVID when another caller replaced seen
+// meanwhile, else a fresh one from the source, stored when e is still in
+// the policy. A failed mint drops a cached SVID that is no longer usable
+// (it is never served again) and keeps one that still is.
+func (s *Store) mintX509(e *policy.Entry, seen *X509SVID) (*X509SVID, error) {
+	v, err, _ := s.flight.Do("x509\x00"+e.ID, func() (any, error) {
+		s.mu.RLock()
+		old, had := s.x509[e.ID]
+		s.mu.RUnlock()
+		if had && old != seen && usable(old, s.clock()) && !s.stale(old) {
+			return old, nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), mintTimeout)
+		defer cancel()
+		sv, err := s.newX509(ctx, e)
+		s.mu.Lock()
+		defer s.unlock()
+		if err != nil {
+			if cur, ok := s.x509[e.ID]; ok && cur == old && !usable(cur, s.clock()) {
+				delete(s.x509, e.ID) // expired: never serve it again
+				s.notifyLocked()
+			}
+			return nil, err
+		}
+		if s.currentLocked(e) {
+			s.x509[e.ID] = sv
+			s.later(func() { s.obs.X509Minted(e, sv, had) })
+			if had {
+				s.notifyLocked()
+			}
+		}
+		return sv, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("mint X.509-SVID for entry %s: %w", e.ID, err)
+		return nil, err
+	}
+	return v.(*X509SVID), nil
+}
+
+// newX509 mints an SVID for e through the source; no lock is held.
+func (s *Store) newX509(ctx context.Context, e *policy.Entry) (*X509SVID, error) {
+	svid, err := s.src.MintX509SVID(ctx, e)
+	if err != nil {
+		err = fmt.Errorf("mint X.509-SVID for entry %s: %w", e.ID, err)
+		if errors.Is(err, ca.ErrIssuerExpiring) || errors.Is(err, ErrUnavailable) {
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil, err
+	}
+	if len(svid.Certificates) == 0 || svid.Certificates[0] == nil {
+		return nil, fmt.Errorf("mint X.509-SVID for entry %s: the source returned no certificate", e.ID)
 	}
 	var chain []byte
 	for _, c := range svid.Certificates {
@@ -377,6 +459,9 @@ func (s *Store) mintLocked(e *policy.Entry, rotation bool) (*X509SVID, error) {
 	// workloads never rotates in lock-step. The lifetime counts from now, not
 	// from NotBefore, which the CA backdates for clock skew.
 	issued := s.clock()
+	if !issued.Before(leaf.NotAfter) {
+		return nil, fmt.Errorf("%w: the source returned an expired X.509-SVID for entry %s", ErrUnavailable, e.ID)
+	}
 	life := leaf.NotAfter.Sub(issued)
 	frac := 0.5 + 0.25*rand.Float64()
 	sv := &X509SVID{
@@ -386,15 +471,14 @@ func (s *Store) mintLocked(e *policy.Entry, rotation bool) (*X509SVID, error) {
 		RotateAt: issued.Add(max(time.Duration(float64(life)*frac), minRotateAfter)),
 		Serial:   leaf.SerialNumber.Text(16),
 	}
-	s.x509[e.ID] = sv
-	s.later(func() { s.obs.X509Minted(e, sv, rotation) })
 	s.log.Debug("minted X.509-SVID", "spiffe_id", e.SPIFFEID.String(), "entry", e.ID,
 		"serial", sv.Serial, "expires", leaf.NotAfter, "rotate_at", sv.RotateAt)
 	return sv, nil
 }
 
 // Run rotates X.509-SVIDs until ctx is done: each cached SVID is re-minted at
-// its RotateAt moment and watchers are notified.
+// its RotateAt moment (or at once when its signer was withdrawn) and
+// watchers are notified, also of every change of the source's bundles.
 func (s *Store) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -414,6 +498,12 @@ func (s *Store) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.src.BundlesChanged():
+			// New bundles (a rotated or federated root, a tainted key):
+			// every stream sends them, and SVIDs the source withdrew are
+			// re-minted at the next pass.
+			s.Reevaluate()
+			s.dropStaleJWTs()
 		case <-s.wake:
 			if !timer.Stop() {
 				select {
@@ -426,46 +516,45 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 }
 
-// rotateDue re-mints every SVID whose rotation time has come and returns the
-// earliest future rotation time (zero when nothing is cached).
+// rotateDue re-mints every SVID whose rotation time has come (or whose
+// signing authority the source withdrew) and returns the earliest future
+// rotation time (zero when nothing is cached). It mints outside the lock.
 func (s *Store) rotateDue() time.Time {
 	now := s.clock()
-	s.mu.Lock()
-	defer s.unlock()
 	var next time.Time
-	rotated := 0
-	dropped := 0
+	soonest := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	var due []*X509SVID
+	s.mu.RLock()
 	for _, sv := range s.x509 {
-		if !now.Before(sv.RotateAt) {
-			nsv, err := s.mintLocked(sv.Entry, true)
-			if err != nil {
-				e := sv.Entry
-				s.later(func() { s.obs.X509RotationFailed(e, err) })
-				// Keep serving the old SVID while it is usable; retry
-				// soon (Wake retries at once when the issuer is renewed).
-				s.log.Error("rotation failed", "entry", sv.Entry.ID, "spiffe_id", sv.Entry.SPIFFEID.String(), "err", err)
-				if !usable(sv, now) {
-					delete(s.x509, sv.Entry.ID)
-					dropped++
-				}
-				retry := now.Add(5 * time.Second)
-				if next.IsZero() || retry.Before(next) {
-					next = retry
-				}
-				continue
-			}
-			sv = nsv
-			rotated++
+		if !now.Before(sv.RotateAt) || s.stale(sv) {
+			due = append(due, sv)
+			continue
 		}
-		if next.IsZero() || sv.RotateAt.Before(next) {
-			next = sv.RotateAt
+		soonest(sv.RotateAt)
+	}
+	s.mu.RUnlock()
+	rotated := 0
+	for _, old := range due {
+		sv, err := s.mintX509(old.Entry, old)
+		if err != nil {
+			e := old.Entry
+			s.obs.X509RotationFailed(e, err)
+			// Keep serving the old SVID while it is usable (mintX509
+			// dropped it otherwise); retry soon (Wake retries at once when
+			// the issuer is renewed).
+			s.log.Error("rotation failed", "entry", e.ID, "spiffe_id", e.SPIFFEID.String(), "err", err)
+			soonest(now.Add(5 * time.Second))
+			continue
 		}
+		rotated++
+		soonest(sv.RotateAt)
 	}
 	if rotated > 0 {
 		s.log.Info("rotated X.509-SVIDs", "count", rotated)
-	}
-	if rotated > 0 || dropped > 0 {
-		s.notifyLocked()
 	}
 	return next
 }
@@ -533,26 +622,56 @@ func (s *Store) JWTSVIDs(entries []*policy.Entry, id spiffeid.ID, audience []str
 
 func (s *Store) jwtFor(e *policy.Entry, audience []string, audKey string) (*JWTSVID, error) {
 	k := jwtKey{id: e.SPIFFEID.String(), aud: audKey}
-	now := s.clock()
-	if j, ok := s.jwt.Get(k); ok && now.Before(j.refreshAt) {
-		if j.Hint == e.Hint && j.EntryID == e.ID {
-			return j, nil
+	if j, ok := s.cachedJWT(k, e); ok {
+		return j, nil
+	}
+	v, err, _ := s.flight.Do("jwt\x00"+k.id+"\x00"+k.aud, func() (any, error) {
+		if j, ok := s.cachedJWT(k, e); ok {
+			return j, nil // another caller's mint finished meanwhile
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), mintTimeout)
+		defer cancel()
+		minted, err := s.src.MintJWTSVID(ctx, e, audience)
+		if err != nil {
+			return nil, fmt.Errorf("mint JWT-SVID for entry %s: %w", e.ID, err)
+		}
+		now := s.clock()
+		if !now.Before(minted.ExpiresAt) {
+			return nil, fmt.Errorf("%w: the source returned an expired JWT-SVID for entry %s", ErrUnavailable, e.ID)
+		}
+		// Re-mint once half the lifetime is gone, so a returned token
+		// always has at least half its lifetime left.
+		j := &JWTSVID{ID: e.SPIFFEID, KeyID: tokenKeyID(minted.Token), EntryID: e.ID, Hint: e.Hint, Token: minted.Token, JTI: minted.JTI,
+			ExpiresAt: minted.ExpiresAt, refreshAt: now.Add(minted.ExpiresAt.Sub(now) / 2)}
+		s.obs.JWTMinted(e, j)
+		s.jwt.Add(k, j)
+		return j, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	j := v.(*JWTSVID)
+	if j.Hint != e.Hint || j.EntryID != e.ID {
 		cp := *j
 		cp.Hint, cp.EntryID = e.Hint, e.ID
-		return &cp, nil
+		j = &cp
 	}
-	minted, err := s.ca.MintJWTSVID(e.SPIFFEID, audience, e.JWTTTL)
-	if err != nil {
-		return nil, fmt.Errorf("mint JWT-SVID for entry %s: %w", e.ID, err)
-	}
-	// Re-mint once half the lifetime is gone, so a returned token always has
-	// at least half its lifetime left.
-	j := &JWTSVID{ID: e.SPIFFEID, EntryID: e.ID, Hint: e.Hint, Token: minted.Token, JTI: minted.JTI,
-		ExpiresAt: minted.ExpiresAt, refreshAt: now.Add(minted.ExpiresAt.Sub(now) / 2)}
-	s.obs.JWTMinted(e, j)
-	s.jwt.Add(k, j)
 	return j, nil
+}
+
+// cachedJWT returns the cached JWT-SVID of k while it is fresh, with e's
+// hint and entry ID.
+func (s *Store) cachedJWT(k jwtKey, e *policy.Entry) (*JWTSVID, bool) {
+	j, ok := s.jwt.Get(k)
+	if !ok || !s.clock().Before(j.refreshAt) {
+		return nil, false
+	}
+	if j.Hint == e.Hint && j.EntryID == e.ID {
+		return j, true
+	}
+	cp := *j
+	cp.Hint, cp.EntryID = e.Hint, e.ID
+	return &cp, true
 }
 
 // ValidateJWTSVID validates token (signature, expiry, audience) against the
@@ -573,12 +692,51 @@ func (s *Store) ValidateJWTSVID(token, audience string) (*jwtsvid.SVID, error) {
 		}
 		return svid, nil
 	}
-	svid, err := jwtsvid.ParseAndValidate(token, s.ca.Bundle(), []string{audience})
+	svid, err := jwtsvid.ParseAndValidate(token, s.src.Bundles().Set, []string{audience})
 	if err != nil {
 		return nil, fmt.Errorf("validate JWT-SVID: %w", err)
 	}
 	s.validated.Add(key, &validatedSVID{svid: svid, size: len(token)})
 	return svid, nil
+}
+
+// JWTStaler is implemented by a source whose JWT keys can be withdrawn
+// before they expire: cached JWT-SVIDs signed with such a key are dropped.
+type JWTStaler interface {
+	// StaleJWTKey reports whether JWT-SVIDs signed with key id kid must
+	// not be handed out again.
+	StaleJWTKey(kid string) bool
+}
+
+// dropStaleJWTs removes cached JWT-SVIDs whose signing key the source
+// withdrew, and validation results whose key is no longer in the bundles.
+func (s *Store) dropStaleJWTs() {
+	// A cached validation skips the signature check: after any bundle
+	// change, each token is checked against the new bundles once more.
+	s.validated.RemoveIf(func([32]byte, *validatedSVID) bool { return true })
+	if st, ok := s.src.(JWTStaler); ok {
+		s.jwt.RemoveIf(func(_ jwtKey, j *JWTSVID) bool { return st.StaleJWTKey(j.KeyID) })
+	}
+}
+
+// tokenKeyID returns the "kid" of a compact JWS's header ("" when it has
+// none or cannot be read).
+func tokenKeyID(token string) string {
+	h, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return ""
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(h)
+	if err != nil {
+		return ""
+	}
+	var hdr struct {
+		KID string `json:"kid"`
+	}
+	if json.Unmarshal(raw, &hdr) != nil {
+		return ""
+	}
+	return hdr.KID
 }
 
 // X509Snapshot returns the X.509-SVIDs held now.

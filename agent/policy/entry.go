@@ -24,6 +24,13 @@ type Entry struct {
 	Hint      string
 	Owner     string
 	ExpiresAt time.Time // zero: never
+	// FederatesWith names the foreign trust domains whose bundles the
+	// entry's workloads receive (to authenticate peers there).
+	FederatesWith []spiffeid.TrustDomain
+	// Revision changes when an entry's source changes it in place (a SPIRE
+	// server's revision number); its SVIDs are then re-minted. Zero for
+	// local entries, whose changes give a new ID.
+	Revision int64
 	// Pos is where the entry was configured ("file:line"), for messages.
 	Pos string
 }
