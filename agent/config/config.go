@@ -83,6 +83,8 @@ type Agent struct {
 	CA CA
 	// Limits bound what Workload API callers can make the agent hold.
 	Limits Limits
+	// Server is the server section (fleet mode); nil: standalone.
+	Server *Server
 	// Source is the file it came from ("" for the embedded default).
 	Source string
 }

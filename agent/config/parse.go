@@ -25,7 +25,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 	if err != nil {
 		return nil, err
 	}
-	var entriesNode, tdNode, entriesFileNode, caNode, adminNode *yaml.Node
+	var entriesNode, tdNode, entriesFileNode, caNode, adminNode, serverNode *yaml.Node
 	if m != nil {
 		err = d.fields(m, "", map[string]func(v *yaml.Node) error{
 			"trust_domain": func(v *yaml.Node) error { tdNode = v; return d.str(v, "trust_domain", &cfg.TrustDomain) },
@@ -86,6 +86,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 			"tpm":        func(v *yaml.Node) error { return d.tpm(v, &cfg.TPM) },
 			"ca":         func(v *yaml.Node) error { caNode = v; return d.ca(v, &cfg.CA) },
 			"limits":     func(v *yaml.Node) error { return d.limits(v, &cfg.Limits) },
+			"server":     func(v *yaml.Node) error { serverNode = v; return d.server(v, &cfg.Server) },
 			"entries":    func(v *yaml.Node) error { entriesNode = v; return nil },
 			"broker": func(v *yaml.Node) error {
 				b, err := d.section(m, "broker", v, data)
@@ -103,6 +104,20 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 	}
 	if err := d.checkAdminPublic(adminNode, cfg); err != nil {
 		return nil, err
+	}
+	if cfg.Server != nil {
+		// Fleet mode: the server is the CA and the policy authority.
+		for _, n := range []struct {
+			node *yaml.Node
+			key  string
+		}{{entriesNode, "entries"}, {entriesFileNode, "entries_file"}, {caNode, "ca"}} {
+			if n.node != nil {
+				return nil, d.errf(n.node, n.key, "not used with a server section: the SPIRE server holds the entries and signs the SVIDs (remove one of them)")
+			}
+		}
+		if cfg.Server.NodeAttestation.TPMDevID != nil && cfg.TPM == nil {
+			return nil, d.errf(serverNode, "server.node_attestation.tpm_devid", "tpm_devid needs a tpm section (device or address)")
+		}
 	}
 	if cfg.CA.Key == "tpm" && cfg.TPM == nil {
 		return nil, d.errf(caNode, "ca.key", "key: tpm needs a tpm section (device or address)")
