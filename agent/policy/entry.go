@@ -49,7 +49,12 @@ func EntryID(e *Entry) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// normalize returns a sorted copy of sels without duplicates.
+// normalize returns a sorted copy of sels in canonical spelling (SPIRE's
+// aliases mapped, see selector.Canonical) without duplicates.
 func normalize(sels []selector.Selector) []selector.Selector {
-	return slices.Compact(selector.Sort(slices.Clone(sels)))
+	c := make([]selector.Selector, len(sels))
+	for i, s := range sels {
+		c[i] = selector.Canonical(s)
+	}
+	return slices.Compact(selector.Sort(c))
 }

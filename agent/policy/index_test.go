@@ -290,3 +290,22 @@ func TestMatchConcurrent(t *testing.T) {
 		t.Error(msg)
 	}
 }
+
+// An entry written with SPIRE's spellings matches the selectors nodeward's
+// attestors produce.
+func TestSPIRESpellingsMatch(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	e := &Entry{SPIFFEID: spiffeid.RequireFromPath(td, "/web"), Selectors: []selector.Selector{
+		selector.MustParse("unix:supplementary_gid:44"), selector.MustParse("systemd:id:web.service")}}
+	ix, err := NewIndex([]*Entry{e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ix.Match([]selector.Selector{selector.MustParse("unix:supplementary-gid:44"), selector.MustParse("systemd:unit:web.service"), selector.MustParse("unix:uid:5")})
+	if len(got) != 1 {
+		t.Fatalf("SPIRE spellings did not match nodeward's selectors: %v", got)
+	}
+	if ix.Match([]selector.Selector{selector.MustParse("systemd:unit:web.service")}) != nil {
+		t.Fatal("a partial match granted the entry")
+	}
+}

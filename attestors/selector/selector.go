@@ -116,3 +116,22 @@ func Strings(sels []Selector) []string {
 	}
 	return out
 }
+
+// aliases maps other spellings of a fact to nodeward's: SPIRE's workload
+// attestors name two facts differently (unix:supplementary_gid,
+// systemd:id), and an entry written for spire-agent must match the same
+// workloads under nodeward.
+var aliases = map[[2]string][2]string{
+	{"unix", "supplementary_gid"}: {"unix", "supplementary-gid"},
+	{"systemd", "id"}:             {"systemd", "unit"},
+}
+
+// Canonical returns s in nodeward's spelling: SPIRE's unix:supplementary_gid
+// is unix:supplementary-gid and systemd:id is systemd:unit; every other
+// selector is returned as is.
+func Canonical(s Selector) Selector {
+	if to, ok := aliases[[2]string{s.Type, s.Key}]; ok {
+		s.Type, s.Key = to[0], to[1]
+	}
+	return s
+}
