@@ -38,6 +38,10 @@ func (a *Agent) serveAdmin(ctx context.Context, l net.Listener) error {
 	mux.HandleFunc("GET /keys", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "max-age=300")
+		if a.ca == nil {
+			http.Error(w, "fleet mode: the SPIRE server publishes the JWT keys (its OIDC discovery provider)", http.StatusNotFound)
+			return
+		}
 		_, _ = w.Write(a.ca.OIDCJWKS())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}))
@@ -59,6 +63,10 @@ func (a *Agent) serveAdmin(ctx context.Context, l net.Listener) error {
 // JWT-SVIDs. The issuer is jwt_issuer; without one the admin address stands
 // in, and JWT-SVIDs carry no "iss".
 func (a *Agent) serveDiscovery(w http.ResponseWriter, r *http.Request) {
+	if a.ca == nil {
+		http.Error(w, "fleet mode: the SPIRE server publishes the JWT keys (its OIDC discovery provider)", http.StatusNotFound)
+		return
+	}
 	issuer := a.ca.JWTIssuer()
 	if issuer == "" {
 		issuer = "http://" + r.Host

@@ -52,7 +52,8 @@ type Agent struct {
 	audit       *audit.Logger
 	obs         *observer
 	limits      *limitsState
-	node        *node    // nil without a tpm section
+	fleet       *fleetMode // nil in standalone mode
+	node        *node      // nil without a tpm section
 	tpm         *tpm.TPM // the TPM, when configured
 	ownsTPM     bool     // opened by New (closed when Serve ends)
 
@@ -127,8 +128,12 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 				}
 			}()
 		}
-		if nd, err = startNode(ctx, tp, cfg.TPM, td, log); err != nil {
-			return nil, err
+		// In fleet mode the TPM proves the node to the server
+		// (tpm_devid); node facts for local entries are not used.
+		if cfg.Server == nil {
+			if nd, err = startNode(ctx, tp, cfg.TPM, td, log); err != nil {
+				return nil, err
+			}
 		}
 		if cfg.CA.Key == "tpm" {
 			handle := cfg.CA.TPMHandle
@@ -143,13 +148,17 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 			caCfg.IntermediateTTL = time.Duration(cfg.CA.IntermediateTTL)
 		}
 	}
-	c, err := loadCA(ctx, caCfg)
-	if err != nil {
-		return nil, fmt.Errorf("load CA: %w", err)
-	}
-	ix, err := buildIndex(cfg, log)
-	if err != nil {
-		return nil, err
+	var (
+		c  *ca.CA
+		ix = policy.Empty
+	)
+	if cfg.Server == nil {
+		if c, err = loadCA(ctx, caCfg); err != nil {
+			return nil, fmt.Errorf("load CA: %w", err)
+		}
+		if ix, err = buildIndex(cfg, log); err != nil {
+			return nil, err
+		}
 	}
 	al, err := audit.Open(cfg.AuditLog)
 	if err != nil {
@@ -170,6 +179,9 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 			return 0
 		},
 		func() float64 {
+			if a.ca == nil {
+				return 0
+			}
 			if in := a.ca.Intermediate(); in != nil {
 				return float64(in.NotAfter.Unix())
 			}
@@ -187,11 +199,29 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	dropped := a.metrics.AuditDropped.WithLabelValues("rate_limited")
 	al.SetHooks(audit.Hooks{Lost: a.metrics.AuditErrors.Inc, Dropped: dropped.Inc})
 	a.limits = newLimits(cfg.Limits, a.metrics, log)
-	a.store, err = identity.New(identity.Config{CA: c, Index: ix, Logger: log, Observer: a.obs, JWTCacheBytes: cfg.Limits.JWTCacheBytes})
+	a.unix, a.attestors = BuiltIns(log)
+	storeCfg := identity.Config{CA: c, Index: ix, Logger: log, Observer: a.obs, JWTCacheBytes: cfg.Limits.JWTCacheBytes}
+	if cfg.Server != nil {
+		if a.fleet, err = a.newFleet(ctx, cfg, td); err != nil {
+			return nil, err
+		}
+		storeCfg.CA, storeCfg.Source = nil, a.fleet.src
+		a.registerFleetMetrics()
+	}
+	a.store, err = identity.New(storeCfg)
 	if err != nil {
 		return nil, err
 	}
-	a.unix, a.attestors = BuiltIns(log)
+	if a.fleet != nil {
+		// The first sync, so that a start with a reachable server serves
+		// at once; without one the agent serves nothing yet and syncs on.
+		sctx, cancel := context.WithTimeout(ctx, initialSyncTimeout)
+		err := a.fleet.src.Sync(sctx)
+		cancel()
+		if err != nil {
+			log.Warn("first sync with the server failed; retrying in the background", "server", cfg.Server.Address, "err", err)
+		}
+	}
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
 	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log, Observer: a.obs, Audit: al, Recorder: recorder{a.inv},
 		Limits: a.limits.server(), Limited: a.limits.limited})
@@ -335,7 +365,7 @@ func (a *Agent) NotReadyReason() string {
 	if !a.serving.Load() {
 		return "not serving"
 	}
-	if !a.ca.CanIssue() {
+	if a.ca != nil && !a.ca.CanIssue() {
 		return "CA intermediate expired and not renewed (TPM not answering?): no valid SVID can be issued"
 	}
 	return ""
@@ -367,6 +397,9 @@ func (a *Agent) AdminAddr() string {
 // data_dir, admin_listen) are reported and left unchanged. On error the old
 // policy keeps serving.
 func (a *Agent) Reload(cfg *config.Agent) error {
+	if a.fleet != nil {
+		return a.reloadFleet(cfg)
+	}
 	ix, err := buildIndex(cfg, a.log)
 	if err != nil {
 		a.ReloadFailed(err)
@@ -451,7 +484,10 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	if a.node != nil {
 		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate, a.metrics.TPMQuotes); return nil })
 	}
-	if !a.ca.NextRotation().IsZero() {
+	if a.fleet != nil {
+		g.Go(func() error { return a.fleet.run(ctx) })
+	}
+	if a.ca != nil && !a.ca.NextRotation().IsZero() {
 		g.Go(func() error { a.rotateIntermediates(ctx); return nil })
 	}
 	l = a.limits.listener(l, a.log, a.server.ReadDelay)
@@ -462,7 +498,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	a.serving.Store(true)
 	a.ready.Do(func() { close(a.readyCh) })
 	a.log.Info("nodeward agent serving",
-		"socket", l.Addr().String(), "trust_domain", a.ca.TrustDomain().Name(),
+		"socket", l.Addr().String(), "trust_domain", a.store.Source().TrustDomain().Name(),
 		"entries", a.store.Stats().Entries, "admin", a.AdminAddr(),
 		"startup", time.Since(a.started).Round(time.Microsecond))
 	err := g.Wait()

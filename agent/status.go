@@ -14,6 +14,11 @@ import (
 // on the admin listener). It holds no key material.
 type Status struct {
 	TrustDomain string `json:"trust_domain"`
+	// Mode is "standalone" (local CA and entries) or "server" (joined to
+	// a SPIRE server, see Server).
+	Mode string `json:"mode"`
+	// Server is the SPIRE server's state (fleet mode only).
+	Server *ServerStatus `json:"server,omitempty"`
 	Ready       bool   `json:"ready"`
 	// Degraded says why the agent is not ready ("" when ready).
 	Degraded   string           `json:"degraded,omitempty"`
@@ -46,7 +51,7 @@ type NodeStatus struct {
 // CAStatus says where the CA's root key lives and, for a TPM-held root,
 // the software intermediate that mints SVIDs.
 type CAStatus struct {
-	Key                   string     `json:"key"` // file or tpm
+	Key                   string     `json:"key"` // file, tpm, or server (fleet mode: the server signs)
 	IntermediateNotAfter  *time.Time `json:"intermediate_not_after,omitempty"`
 	IntermediateRotatesAt *time.Time `json:"intermediate_rotates_at,omitempty"`
 }
@@ -84,7 +89,8 @@ func (a *Agent) Status() Status {
 	socket := a.config().SocketPath
 	reason := a.NotReadyReason()
 	st := Status{
-		TrustDomain:  a.ca.TrustDomain().Name(),
+		TrustDomain:  a.store.Source().TrustDomain().Name(),
+		Mode:         "standalone",
 		Ready:        reason == "",
 		Degraded:     reason,
 		Uptime:       now.Sub(a.started).Round(time.Second).String(),
@@ -99,7 +105,9 @@ func (a *Agent) Status() Status {
 		st.Broker = a.extraStatus()
 	}
 	st.CA.Key = "file"
-	if in := a.ca.Intermediate(); in != nil {
+	if a.fleet != nil {
+		st.Mode, st.Server, st.CA.Key = "server", a.fleet.status(), "server"
+	} else if in := a.ca.Intermediate(); in != nil {
 		na, ra := in.NotAfter, a.ca.NextRotation()
 		st.CA = CAStatus{Key: "tpm", IntermediateNotAfter: &na, IntermediateRotatesAt: &ra}
 	}

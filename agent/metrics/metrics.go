@@ -31,6 +31,9 @@ type Metrics struct {
 	// a reload or a stale disable, 0 (it applies at once).
 	RevocationDelay *prometheus.HistogramVec // reason
 	Reloads         *prometheus.CounterVec   // result
+	// ServerSyncs counts syncs with the SPIRE server by result (fleet
+	// mode registers it; standalone mode does not export it).
+	ServerSyncs *prometheus.CounterVec
 	AuditErrors     prometheus.Counter
 	AuditDropped    *prometheus.CounterVec // reason (rate_limited)
 	AuditReopen     prometheus.Counter     // failed reopens (SIGUSR1)
@@ -94,6 +97,9 @@ func NewWith(entries, svids, lastQuote, intermediateExpiry func() float64) *Metr
 			Name: "nodeward_revocation_delay_seconds", Help: "How late revocations took effect, by reason (expired: from the entry's expires to the agent dropping it; removed: 0, a reload applies at once).",
 			Buckets: prometheus.ExponentialBuckets(0.01, 4, 9),
 		}, []string{"reason"}),
+		ServerSyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeward_server_syncs_total", Help: "Syncs of entries and bundles with the SPIRE server, by result (ok, error); fleet mode.",
+		}, []string{"result"}),
 		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodeward_config_reloads_total", Help: "Configuration reloads, by result (ok, error).",
 		}, []string{"result"}),

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -23,6 +24,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("agent", stderr)
 	cfgPath := fs.String("config", "", "agent config file (YAML); none: embedded default, deny-all")
 	logLevel := fs.String("log-level", "", "override log_level (debug, info, warn, error)")
+	joinToken := fs.String("join-token", "", "SPIRE join token: overrides server.node_attestation (fleet mode; visible to other local users in ps, prefer the config file)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -32,6 +34,9 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
+	}
+	if err := overrideJoinToken(cfg, *joinToken); err != nil {
+		return err
 	}
 	if *logLevel != "" {
 		cfg.LogLevel = *logLevel
@@ -80,6 +85,8 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 			case <-hup:
 				notify.Reloading()
 				if nc, err := loadConfig(*cfgPath); err != nil {
+					a.ReloadFailed(err)
+				} else if err := overrideJoinToken(nc, *joinToken); err != nil {
 					a.ReloadFailed(err)
 				} else {
 					_ = a.Reload(nc) // a failure is recorded by Reload
@@ -135,4 +142,20 @@ func loadConfig(path string) (*config.Agent, error) {
 		return config.Default(), nil
 	}
 	return config.Load(path)
+}
+
+// overrideJoinToken applies `--join-token`: the node attests with that
+// token instead of the configured attestor. It needs a server section.
+func overrideJoinToken(cfg *config.Agent, token string) error {
+	if token == "" {
+		return nil
+	}
+	if cfg.Server == nil {
+		return fmt.Errorf("%w: --join-token needs a server section in the config (fleet mode)", errUsage)
+	}
+	if strings.ContainsAny(token, " \t\r\n") || len(token) > 256 {
+		return fmt.Errorf("%w: --join-token: want the token as one word (value not shown)", errUsage)
+	}
+	cfg.Server.NodeAttestation = config.NodeAttestation{JoinToken: token}
+	return nil
 }
