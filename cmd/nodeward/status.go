@@ -102,8 +102,18 @@ func printAgentStatus(stdout io.Writer, st *agent.Status) error {
 	if n := st.Node; n != nil {
 		fmt.Fprintf(stdout, "agent id:     %s\nnode:         %s\n", n.SPIFFEID, strings.Join(n.Selectors, " "))
 	}
+	mode := st.Mode
+	if mode == "" {
+		mode = "standalone"
+	}
+	fmt.Fprintf(stdout, "mode:         %s\n", mode)
+	if sv := st.Server; sv != nil {
+		printServerStatus(stdout, sv)
+	}
 	ca := "file (data_dir)"
-	if st.CA.Key == "tpm" && st.CA.IntermediateNotAfter != nil {
+	if st.CA.Key == "server" {
+		ca = "server (the SPIRE server signs)"
+	} else if st.CA.Key == "tpm" && st.CA.IntermediateNotAfter != nil {
 		ca = fmt.Sprintf("tpm (intermediate until %s, rotates %s)", st.CA.IntermediateNotAfter.UTC().Format(time.RFC3339), st.CA.IntermediateRotatesAt.UTC().Format(time.RFC3339))
 	}
 	fmt.Fprintf(stdout, "ca key:       %s\n", ca)
@@ -129,4 +139,26 @@ func printAgentStatus(stdout io.Writer, st *agent.Status) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.ID, e.SPIFFEID, strings.Join(e.Selectors, ","), e.Owner, exp)
 	}
 	return tw.Flush()
+}
+
+// printServerStatus prints the SPIRE server part of the status (fleet mode).
+func printServerStatus(w io.Writer, sv *agent.ServerStatus) {
+	at := func(t *time.Time) string {
+		if t == nil {
+			return "never"
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(w, "server:       %s\n", sv.Address)
+	if sv.AgentID != "" {
+		fmt.Fprintf(w, "agent id:     %s (SVID until %s)\n", sv.AgentID, at(sv.AgentExpiresAt))
+	}
+	fmt.Fprintf(w, "last sync:    %s (%d entries", at(sv.LastSync), sv.Entries)
+	if sv.SkippedEntries > 0 {
+		fmt.Fprintf(w, ", %d never match a workload here", sv.SkippedEntries)
+	}
+	fmt.Fprintf(w, ", bundle sequence %d)\n", sv.BundleSequence)
+	if sv.UnreachableSince != nil {
+		fmt.Fprintf(w, "UNREACHABLE:  since %s: %s\n", at(sv.UnreachableSince), sv.LastError)
+	}
 }
