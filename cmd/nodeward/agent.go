@@ -151,7 +151,7 @@ func overrideJoinToken(cfg *config.Agent, token string) error {
 		return nil
 	}
 	if cfg.Server == nil {
-		return fmt.Errorf("%w: --join-token needs a server section in the config (fleet mode)", errUsage)
+		return fmt.Errorf("%w: --join-token needs a server section in the config (fleet mode)", errConfig)
 	}
 	if strings.ContainsAny(token, " \t\r\n") || len(token) > 256 {
 		return fmt.Errorf("%w: --join-token: want the token as one word (value not shown)", errUsage)
