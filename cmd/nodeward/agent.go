@@ -65,23 +65,31 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The broker may run inside the agent: same process, its own socket;
+	// it talks to the agent over the Workload API like any client, so the
+	// agent's own binary and uid need a registration entry.
+	var b *broker.Broker
+	if cfg.Broker != nil {
+		if b, err = embeddedBroker(cfg, log); err != nil {
+			return fmt.Errorf("%w: %w", errConfig, err)
+		}
+	}
+	// SIGUSR1 reopens the file audit sinks (the agent's, the embedded
+	// broker's) after log rotation.
+	reopen := []func() error{a.ReopenAudit}
+	if b != nil {
+		reopen = append(reopen, b.ReopenAudit)
+	}
+	reopenAuditOnUSR1(ctx, log, reopen...)
 	// SIGHUP reloads the config: a bad new config is logged and the old one keeps serving.
-	// SIGUSR1 reopens a file audit sink after log rotation.
 	hup := make(chan os.Signal, 1)
-	usr1 := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(hup)
-	defer signal.Stop(usr1)
 	go func() {
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-usr1:
-				if err := a.ReopenAudit(); err != nil {
-					log.Error("reopen audit log", "err", err)
-				}
 			case <-hup:
 				notify.Reloading()
 				if nc, err := loadConfig(*cfgPath); err != nil {
@@ -101,17 +109,10 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 		return a.Run(ctx)
 	}
-	if cfg.Broker == nil {
+	if b == nil {
 		warnLeftover(socks, log)
 		notifyLifecycle(ctx, notify, a.Ready, a.Summary, a.Serving())
 		return serveAgent(ctx)
-	}
-	// The broker runs inside the agent: same process, its own socket; it
-	// talks to the agent over the Workload API like any client, so the
-	// agent's own binary and uid need a registration entry.
-	b, err := embeddedBroker(cfg, log)
-	if err != nil {
-		return fmt.Errorf("%w: %w", errConfig, err)
 	}
 	a.AttachStatus(func() any { return b.Status() })
 	bl, err := takeSocket(socks, systemd.BrokerSocket, "", log)
@@ -158,4 +159,26 @@ func overrideJoinToken(cfg *config.Agent, token string) error {
 	}
 	cfg.Server.NodeAttestation = config.NodeAttestation{JoinToken: token}
 	return nil
+}
+
+// reopenAuditOnUSR1 calls each reopen function on every SIGUSR1 (after log
+// rotation) until ctx is done; a failure is logged, the old file kept.
+func reopenAuditOnUSR1(ctx context.Context, log *slog.Logger, reopen ...func() error) {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		defer signal.Stop(usr1)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-usr1:
+				for _, f := range reopen {
+					if err := f(); err != nil {
+						log.Error("reopen audit log", "err", err)
+					}
+				}
+			}
+		}
+	}()
 }

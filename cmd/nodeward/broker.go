@@ -9,9 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nodeward/nodeward/broker"
@@ -49,21 +46,7 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	warnLeftover(socks, log)
 	// SIGUSR1 reopens a file audit_log after log rotation.
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-usr1:
-				if err := b.ReopenAudit(); err != nil {
-					log.Error("reopen audit log", "err", err)
-				}
-			}
-		}
-	}()
+	reopenAuditOnUSR1(ctx, log, b.ReopenAudit)
 	notifyLifecycle(ctx, systemd.NewNotifier(log), func() bool { return true },
 		func() string { return b.Summary() }, b.Serving())
 	return b.Serve(ctx, bl)

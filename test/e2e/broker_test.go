@@ -248,19 +248,21 @@ func TestBrokerInsideAgent(t *testing.T) {
 	admin := "127.0.0.1:" + testutil.FreePort(t)
 	idp := testutil.StartIdPLater(t)
 	bsock := filepath.Join(dir, "broker.sock")
+	baudit := filepath.Join(dir, "broker-audit.log")
 	extra := fmt.Sprintf(`admin_listen: %s
 entries:
   - spiffe_id: spiffe://example.org/node-broker
     selectors: [unix:uid:%d, "unix:path:%s"]
 broker:
   listen: %s
+  audit_log: %s
   upstreams:
     - name: corp
       token_endpoint: %s/token
       grant: token-exchange
       client_id: nodeward-broker
       svid_audience: nodeward-idp
-`, admin, os.Geteuid(), bin, bsock, idp.URL)
+`, admin, os.Geteuid(), bin, bsock, baudit, idp.URL)
 	cfg, sock := testutil.WriteConfig(t, dir, "example.org", extra)
 	a := testutil.StartAgent(t, bin, cfg, sock)
 	testutil.WaitServing(t, sock, 10*time.Second)
@@ -273,6 +275,23 @@ broker:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no token from the broker inside the agent: %d %s %s\nagent log:\n%s", code, out, errOut, a.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// SIGUSR1 to the agent also reopens the embedded broker's audit log
+	// (log rotation).
+	if err := os.Rename(baudit, baudit+".1"); err != nil {
+		t.Fatalf("the embedded broker wrote no audit log: %v", err)
+	}
+	_ = a.Cmd.Process.Signal(syscall.SIGUSR1)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		testutil.Run(t, bin, nil, "token", "--socket", bsock, "--upstream", "corp", "--audience", "api")
+		if st, err := os.Stat(baudit); err == nil && st.Size() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGUSR1 did not reopen the embedded broker's audit log\nagent log:\n%s", a.Log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
