@@ -2,9 +2,13 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"reflect"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 	"github.com/nodeward/nodeward/agent/config"
 	"github.com/nodeward/nodeward/agent/fleet"
 	"github.com/nodeward/nodeward/agent/policy"
+	"github.com/nodeward/nodeward/agent/spire"
 	"github.com/nodeward/nodeward/internal/audit"
 )
 
@@ -32,9 +37,54 @@ type ServerClient interface {
 	AgentSVID() (spiffeid.ID, time.Time)
 }
 
-// DialServer builds the client of the server section (set by the SPIRE
-// client's adapter, spire.go); tests may replace it.
-var DialServer func(cfg *config.Agent, log *slog.Logger) (ServerClient, error)
+// DialServer builds the client of the server section: nodeward's SPIRE
+// node-agent client (agent/spire).
+var DialServer = dialSPIRE
+
+// dialSPIRE builds the SPIRE client from the server section. Its state
+// (agent SVID, key, bundle) lives in data_dir/spire.
+func dialSPIRE(cfg *config.Agent, log *slog.Logger) (ServerClient, error) {
+	sc := cfg.Server
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	var bundle []*x509.Certificate
+	if sc.TrustBundle != "" {
+		data, err := os.ReadFile(sc.TrustBundle)
+		if err != nil {
+			return nil, fmt.Errorf("trust_bundle: %w", err)
+		}
+		for rest := data; ; {
+			var b *pem.Block
+			if b, rest = pem.Decode(rest); b == nil {
+				break
+			}
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("trust_bundle %s: %w", sc.TrustBundle, err)
+			}
+			bundle = append(bundle, c)
+		}
+		if len(bundle) == 0 {
+			return nil, fmt.Errorf("trust_bundle %s: no PEM certificate (spire-server bundle show -format pem)", sc.TrustBundle)
+		}
+	}
+	var att spire.NodeAttestor
+	switch na := sc.NodeAttestation; {
+	case na.JoinToken != "":
+		att = spire.JoinToken(na.JoinToken)
+	case na.X509PoP != nil:
+		if att, err = spire.LoadX509PoP(na.X509PoP.Cert, na.X509PoP.Key); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errors.New("node_attestation: tpm_devid is not supported by this build yet")
+	}
+	return spire.New(spire.Config{ServerAddr: sc.Address, TrustDomain: td, BootstrapBundle: bundle,
+		InsecureBootstrap: sc.InsecureBootstrap, Dir: filepath.Join(cfg.DataDir, "spire"), Attestor: att,
+		Logger: log.With("component", "spire")})
+}
 
 // fleetMode is the agent's state in fleet mode.
 type fleetMode struct {
@@ -63,9 +113,6 @@ const initialSyncTimeout = 15 * time.Second
 // newFleet starts the server client (attestation) and builds the source;
 // the agent's store is not built yet: SetPolicy reaches it through a.
 func (a *Agent) newFleet(ctx context.Context, cfg *config.Agent, td spiffeid.TrustDomain) (*fleetMode, error) {
-	if DialServer == nil {
-		return nil, errors.New("server: this build has no SPIRE client")
-	}
 	c, err := DialServer(cfg, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
