@@ -54,8 +54,8 @@ type Agent struct {
 	limits      *limitsState
 	fleet       *fleetMode // nil in standalone mode
 	node        *node      // nil without a tpm section
-	tpm         *tpm.TPM // the TPM, when configured
-	ownsTPM     bool     // opened by New (closed when Serve ends)
+	tpm         *tpm.TPM   // the TPM, when configured
+	ownsTPM     bool       // opened by New (closed when Serve ends)
 
 	mu  sync.Mutex
 	cfg *config.Agent

@@ -19,7 +19,7 @@ type Status struct {
 	Mode string `json:"mode"`
 	// Server is the SPIRE server's state (fleet mode only).
 	Server *ServerStatus `json:"server,omitempty"`
-	Ready       bool   `json:"ready"`
+	Ready  bool          `json:"ready"`
 	// Degraded says why the agent is not ready ("" when ready).
 	Degraded   string           `json:"degraded,omitempty"`
 	Uptime     string           `json:"uptime"`

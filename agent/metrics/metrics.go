@@ -33,12 +33,12 @@ type Metrics struct {
 	Reloads         *prometheus.CounterVec   // result
 	// ServerSyncs counts syncs with the SPIRE server by result (fleet
 	// mode registers it; standalone mode does not export it).
-	ServerSyncs *prometheus.CounterVec
-	AuditErrors     prometheus.Counter
-	AuditDropped    *prometheus.CounterVec // reason (rate_limited)
-	AuditReopen     prometheus.Counter     // failed reopens (SIGUSR1)
-	TPMQuotes       *prometheus.CounterVec // result (ok, error)
-	IntermRotation  *prometheus.CounterVec // result (ok, error)
+	ServerSyncs    *prometheus.CounterVec
+	AuditErrors    prometheus.Counter
+	AuditDropped   *prometheus.CounterVec // reason (rate_limited)
+	AuditReopen    prometheus.Counter     // failed reopens (SIGUSR1)
+	TPMQuotes      *prometheus.CounterVec // result (ok, error)
+	IntermRotation *prometheus.CounterVec // result (ok, error)
 }
 
 // Buckets for local RPCs: 50 µs to ~400 ms.
