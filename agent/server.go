@@ -123,7 +123,8 @@ func (a *Agent) newFleet(ctx context.Context, cfg *config.Agent, td spiffeid.Tru
 	id, exp := c.AgentSVID()
 	a.log.Info("joined the SPIRE server", "server", cfg.Server.Address, "agent_id", id.String(), "agent_svid_expires", exp)
 	src, err := fleet.New(fleet.Config{Client: c, TrustDomain: td, SyncInterval: time.Duration(cfg.Server.SyncInterval),
-		SetPolicy: a.setServerPolicy, Logger: a.log, Observer: fleetObserver{a}})
+		SetPolicy: a.setServerPolicy, Logger: a.log, Observer: fleetObserver{a},
+		Fatal: func(err error) bool { return errors.Is(err, spire.ErrAgentBanned) }})
 	if err != nil {
 		return nil, err
 	}

@@ -115,6 +115,9 @@ type Config struct {
 	Clock func() time.Time
 	// Observer hears of every sync (metrics); nil: nobody.
 	Observer Observer
+	// Fatal reports a sync error after which the node must stop (the
+	// server banned it): Run returns it. Nil: none is.
+	Fatal func(error) bool
 }
 
 // Observer hears the outcome of every sync.
@@ -307,6 +310,9 @@ func (s *Source) Run(ctx context.Context) error {
 		if err := s.Sync(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if s.cfg.Fatal != nil && s.cfg.Fatal(err) {
+				return err
 			}
 			failures++
 			s.log.Warn("sync with the server failed; cached SVIDs keep being served", "err", err, "failures", failures)
