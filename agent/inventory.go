@@ -37,6 +37,17 @@ func inventoryEntries(entries []*policy.Entry) []inventory.Entry {
 // recorder feeds the inventory from the Workload API's issue path.
 type recorder struct{ inv *inventory.Inventory }
 
+// RecordBrokerToken counts an access token the embedded broker served,
+// obtained with the SVID of spiffeID, on the entries that grant that ID
+// (the identity inventory's broker token count).
+func (a *Agent) RecordBrokerToken(spiffeID string) {
+	for _, e := range a.store.Index().Entries() {
+		if e.SPIFFEID.String() == spiffeID {
+			a.inv.Issued(e.ID, inventory.Token, nil)
+		}
+	}
+}
+
 // IssuedTo implements workloadapi.IssueRecorder.
 func (r recorder) IssuedTo(entryID, kind string, c *audit.Caller) {
 	k := inventory.X509

@@ -89,7 +89,15 @@ func (b *Broker) auditDecision(d *decision) {
 	}
 	tokenFields(&r, d.tok)
 	b.auditLog(r)
+	if f := b.onToken; f != nil && d.status == 200 && d.keyKnown {
+		f(d.key.SPIFFEID)
+	}
 }
+
+// OnToken makes the broker call f with the SPIFFE ID a token was obtained
+// with, for every token it serves (the agent's identity inventory, when
+// the broker runs inside the agent). Call it before Serve.
+func (b *Broker) OnToken(f func(spiffeID string)) { b.onToken = f }
 
 // errorReason names an upstream failure for the audit trail (a closed set).
 func errorReason(err error) string {

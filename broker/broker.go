@@ -53,8 +53,9 @@ type Broker struct {
 	addrs       []string
 	tcpAddrs    []string
 	metricsAddr string
-	runCtx      context.Context // Serve's context (nil before Serve)
-	sinkWake    chan struct{}   // closed and replaced when the identity changes
+	runCtx      context.Context       // Serve's context (nil before Serve)
+	sinkWake    chan struct{}         // closed and replaced when the identity changes
+	onToken     func(spiffeID string) // set by OnToken
 
 	readyCh chan struct{} // closed once Serve serves
 	ready   sync.Once

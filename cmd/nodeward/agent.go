@@ -115,6 +115,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return serveAgent(ctx)
 	}
 	a.AttachStatus(func() any { return b.Status() })
+	b.OnToken(a.RecordBrokerToken)
 	bl, err := takeSocket(socks, systemd.BrokerSocket, "", log)
 	if err != nil {
 		return err

@@ -295,6 +295,19 @@ broker:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The identity inventory counts the tokens the embedded broker served
+	// on the broker's entry.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out, _, _ := testutil.Run(t, bin, nil, "inventory", "--admin", admin, "--json")
+		if regexp.MustCompile(`(?s)"spiffe_id":\s*"spiffe://example.org/node-broker".*"tokens_issued":\s*[1-9]`).MatchString(out) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("inventory does not count the broker's tokens:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	// `nodeward status` shows the broker inside the agent.
 	out, errOut, code := testutil.Run(t, bin, nil, "status", "--admin", admin)
 	if code != 0 || !strings.Contains(out, "broker (inside the agent)") ||
