@@ -335,13 +335,12 @@ const defaultCLITimeout = 30 * time.Second
 func (s *Server) run(timeout time.Duration, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	full := append([]string{}, args...)
 	// Sub-commands take -socketPath after their name ("entry create").
 	n := 1
 	if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
 		n = 2
 	}
-	full = append(append(append([]string{}, args[:n]...), "-socketPath", s.Socket), args[n:]...)
+	full := append(append(append([]string{}, args[:n]...), "-socketPath", s.Socket), args[n:]...)
 	cmd := exec.CommandContext(ctx, s.bin, full...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
