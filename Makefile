@@ -8,7 +8,7 @@ PKGS      := ./...
 RUN_DIR   := .run
 FUZZTIME  ?= 20s
 
-.PHONY: all build idp-deps test test-short bench fuzz lint vet staticcheck fmt-check generate generate-check tidy-check packages run clean
+.PHONY: all build idp-deps spire-server test test-short bench fuzz lint vet staticcheck fmt-check generate generate-check tidy-check packages run clean
 
 all: build
 
@@ -19,6 +19,13 @@ build:
 # The broker's end-to-end tests need the real IdP of test/idp (Node.js).
 test: lint idp-deps
 	$(GO) test -race -count=1 -timeout 10m $(PKGS)
+
+# Builds the real spire-server the agent/spire and test/spire tests run
+# (SPIRE pinned in tools/spire/go.mod, cgo for sqlite) into a versioned
+# cache dir once (~13 min on 2 cores the first time): .ci/run calls it
+# before make test so test timeouts never include the build.
+spire-server:
+	$(GO) test -count=1 -timeout 40m -run '^TestBuild$$' ./test/spire/
 
 # Installs the test IdP's npm packages (pinned by package-lock.json) once.
 idp-deps: test/idp/node_modules/.package-lock.json

@@ -493,3 +493,63 @@ func (s *Server) BundleSet(trustDomainID string, pemData []byte) {
 	}
 	s.CLI("bundle", "set", "-id", trustDomainID, "-format", "pem", "-path", p)
 }
+
+// EntryCreateMany registers workload entries in one CLI call (entry create
+// -data), for tests that need many; it returns their IDs in order.
+func (s *Server) EntryCreateMany(entries []Entry) []string {
+	s.t.Helper()
+	type sel struct {
+		Type  string `json:"type"`
+		Value string `json:"value"`
+	}
+	type ent struct {
+		SPIFFEID  string `json:"spiffe_id"`
+		ParentID  string `json:"parent_id"`
+		Selectors []sel  `json:"selectors"`
+	}
+	var req struct {
+		Entries []ent `json:"entries"`
+	}
+	for _, e := range entries {
+		je := ent{SPIFFEID: e.SPIFFEID, ParentID: e.ParentID}
+		for _, sl := range e.Selectors {
+			typ, val, _ := strings.Cut(sl, ":")
+			je.Selectors = append(je.Selectors, sel{typ, val})
+		}
+		req.Entries = append(req.Entries, je)
+	}
+	data, err := json.Marshal(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	p := filepath.Join(s.Dir, "entries-"+strconv.FormatInt(time.Now().UnixNano(), 36)+".json")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	out := s.CLI("entry", "create", "-output", "json", "-data", p)
+	var res struct {
+		Results []struct {
+			Status struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			} `json:"status"`
+			Entry struct {
+				ID string `json:"id"`
+			} `json:"entry"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		s.t.Fatalf("entry create -data: parse: %v", err)
+	}
+	if len(res.Results) != len(entries) {
+		s.t.Fatalf("entry create -data: %d results for %d entries", len(res.Results), len(entries))
+	}
+	ids := make([]string, len(entries))
+	for i, r := range res.Results {
+		if r.Status.Code != 0 || r.Entry.ID == "" {
+			s.t.Fatalf("entry create -data: entry %d: %d %s", i, r.Status.Code, r.Status.Message)
+		}
+		ids[i] = r.Entry.ID
+	}
+	return ids
+}
