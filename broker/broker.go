@@ -56,6 +56,8 @@ type Broker struct {
 	runCtx      context.Context // Serve's context (nil before Serve)
 	sinkWake    chan struct{}   // closed and replaced when the identity changes
 
+	forceTimers map[string]*time.Timer // upstream -> end of its forced outage (game day)
+
 	readyCh chan struct{} // closed once Serve serves
 	ready   sync.Once
 }
@@ -217,6 +219,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		}
 		b.upstreams[u.Name()] = u
 		b.metrics.BreakerState.WithLabelValues(u.Name()).Set(0)
+		b.metrics.BreakerForced.WithLabelValues(u.Name()).Set(0)
 		b.breakers[u.Name()] = NewBreaker(u.Name(), u, BreakerConfig{
 			ConsecutiveFailures: cfg.Breaker.ConsecutiveFailures,
 			OpenTimeout:         time.Duration(cfg.Breaker.OpenTimeout),
@@ -310,6 +313,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		clock:      b.clock,
 		tcpHosts:   b.tcpHosts,
 		onDecision: b.auditDecision,
+		force:      b.serveForce,
 		onRequest: func(upstream string, status int, _ time.Duration) {
 			b.metrics.Requests.WithLabelValues(upstream, strconv.Itoa(status)).Inc()
 		},
