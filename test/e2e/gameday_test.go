@@ -213,3 +213,36 @@ func TestGamedayRefusals(t *testing.T) {
 	}
 	breakerClosed(t, e, 5*time.Second)
 }
+
+// TestGamedaySIGTERMReverts: a gameday stopped by SIGTERM mid-outage
+// reverts the force itself, long before the broker's deadline, and says so.
+func TestGamedaySIGTERMReverts(t *testing.T) {
+	e := testutil.StartBrokerEnv(t, bin, 600)
+	warmBroker(t, e, "upstream=corp&audience=api")
+	cmd := exec.Command(bin, "gameday", "--broker", e.Sock, "--upstream", "corp", "--audience", "api",
+		"--outage", "10m", "--requests", "1000", "--interval", "100ms", "--json")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m := metricsAddrOf(e)
+	if v := pollMetric(t, m, `nodeward_broker_breaker_forced{upstream="corp"}`, 20*time.Second, func(v float64) bool { return v == 1 }); v != 1 {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("never forced:\n%s%s", stdout.String(), stderr.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var rep gamedayReport
+	if jerr := json.Unmarshal(stdout.Bytes(), &rep); jerr != nil || !rep.Reverted || rep.Passed || err == nil {
+		t.Fatalf("after SIGTERM: exit %v, report %+v (%v)\n%s%s", err, rep, jerr, stdout.String(), stderr.String())
+	}
+	// Reverted by gameday, not by the 10-minute deadline.
+	breakerClosed(t, e, 5*time.Second)
+	if !strings.Contains(e.Broker.Log(), `"reason":"reverted"`) {
+		t.Fatalf("no audit record of the revert:\n%s", e.Broker.Log())
+	}
+}
