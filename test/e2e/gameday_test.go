@@ -123,6 +123,7 @@ func TestGamedayRehearsesIdPOutage(t *testing.T) {
 		!strings.Contains(out, "breaker reverted") || (code != 0 && code != 1) {
 		t.Fatalf("human report: %d\n%s%s", code, out, errOut)
 	}
+	t.Logf("gameday report (exit %d):\n%s", code, out)
 	// Audit records: forced by whom, for how long, and the revert.
 	log := e.Broker.Log()
 	if !strings.Contains(log, `"event":"breaker_force"`) || !strings.Contains(log, `"reason":"forced_open for 1m0s"`) ||
