@@ -277,7 +277,13 @@ func gameday(ctx context.Context, g *gamedayClient, rep *GamedayReport, aud stri
 	}
 	st, a, err = g.force(ctx, http.MethodPost, q)
 	if err != nil {
-		return err // the request may have landed: the broker reverts at its deadline
+		// The request may have landed: revert anyway (the broker would at
+		// its deadline).
+		if _, rerr := g.revert(); rerr != nil {
+			rep.Reverted = false
+			return fmt.Errorf("force: %w; revert: %v", err, rerr)
+		}
+		return fmt.Errorf("force: %w", err)
 	}
 	if a.status != http.StatusOK {
 		rep.Phases = append(rep.Phases, GamedayPhase{Name: "outage", Detail: fmt.Sprintf("force refused: HTTP %d %s: %s", a.status, a.errCode, a.desc)})
