@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -34,6 +35,9 @@ type Breaker struct {
 	mu       sync.Mutex
 	openedAt time.Time
 	notUntil time.Time // Retry-After from the IdP
+	// forcedUntil is the end of a forced outage (game day): until then
+	// the breaker answers as if open, whatever the IdP does.
+	forcedUntil time.Time
 }
 
 // NewBreaker wraps next.
@@ -72,8 +76,51 @@ func NewBreaker(name string, next Source, cfg BreakerConfig, clock func() time.T
 	return b
 }
 
-// State returns "closed", "half-open" or "open".
-func (b *Breaker) State() string { return b.cb.State().String() }
+// State returns "closed", "half-open" or "open" (a forced-open breaker
+// is "open").
+func (b *Breaker) State() string {
+	if _, ok := b.Forced(); ok {
+		return "open"
+	}
+	return b.cb.State().String()
+}
+
+// MaxForce bounds a forced outage: every force ends by itself.
+const MaxForce = 10 * time.Minute
+
+// ForceOpen makes the breaker answer as if open until now+d (d in
+// (0, MaxForce]): a rehearsed IdP outage. The cache in front keeps
+// serving the tokens it holds; misses and refreshes fail fast. A later
+// force replaces the deadline.
+func (b *Breaker) ForceOpen(d time.Duration) (time.Time, error) {
+	if d <= 0 || d > MaxForce {
+		return time.Time{}, fmt.Errorf("force duration %v out of range (0, %v]", d, MaxForce)
+	}
+	until := b.clock().Add(d)
+	b.mu.Lock()
+	b.forcedUntil = until
+	b.mu.Unlock()
+	return until, nil
+}
+
+// Unforce ends a forced outage; it reports whether one was in force.
+func (b *Breaker) Unforce() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	was := b.clock().Before(b.forcedUntil)
+	b.forcedUntil = time.Time{}
+	return was
+}
+
+// Forced returns the end of the forced outage in force, if any.
+func (b *Breaker) Forced() (time.Time, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.forcedUntil.IsZero() || !b.clock().Before(b.forcedUntil) {
+		return time.Time{}, false
+	}
+	return b.forcedUntil, true
+}
 
 // Token asks the upstream unless the breaker is open or the IdP asked to
 // be left alone (Retry-After).
@@ -81,7 +128,12 @@ func (b *Breaker) Token(ctx context.Context, k Key) (*Token, error) {
 	now := b.clock()
 	b.mu.Lock()
 	wait := b.notUntil.Sub(now)
+	forced := b.forcedUntil.Sub(now)
 	b.mu.Unlock()
+	if forced > 0 {
+		// Exactly what a real open breaker answers.
+		return nil, &UnavailableError{RetryAfter: min(forced, b.timeout), Reason: "circuit breaker for upstream " + b.name + " is open"}
+	}
 	if wait > 0 {
 		return nil, &UnavailableError{RetryAfter: wait, Reason: "upstream " + b.name + " asked to retry later"}
 	}

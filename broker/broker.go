@@ -57,6 +57,8 @@ type Broker struct {
 	sinkWake    chan struct{}         // closed and replaced when the identity changes
 	onToken     func(spiffeID string) // set by OnToken
 
+	forceTimers map[string]*time.Timer // upstream -> end of its forced outage (game day)
+
 	readyCh chan struct{} // closed once Serve serves
 	ready   sync.Once
 }
@@ -218,6 +220,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		}
 		b.upstreams[u.Name()] = u
 		b.metrics.BreakerState.WithLabelValues(u.Name()).Set(0)
+		b.metrics.BreakerForced.WithLabelValues(u.Name()).Set(0)
 		b.breakers[u.Name()] = NewBreaker(u.Name(), u, BreakerConfig{
 			ConsecutiveFailures: cfg.Breaker.ConsecutiveFailures,
 			OpenTimeout:         time.Duration(cfg.Breaker.OpenTimeout),
@@ -311,6 +314,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		clock:      b.clock,
 		tcpHosts:   b.tcpHosts,
 		onDecision: b.auditDecision,
+		force:      b.serveForce,
 		onRequest: func(upstream string, status int, _ time.Duration) {
 			b.metrics.Requests.WithLabelValues(upstream, strconv.Itoa(status)).Inc()
 		},

@@ -39,6 +39,10 @@ type Config struct {
 	LogLevel            string     `yaml:"log_level"`
 	AuditLog            string     `yaml:"audit_log"` // stdout (default), stderr, off or a file path
 	Limits              LimitsFile `yaml:"limits"`
+	// Environment names the node's environment; "production" makes the
+	// broker refuse a game day's forced outage unless the request
+	// confirms it explicitly.
+	Environment string `yaml:"environment"`
 
 	clock func() time.Time // tests: the wall clock of every expiry decision
 }
@@ -99,6 +103,12 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 // DefaultBrokerSocket is where the broker listens by default.
 const DefaultBrokerSocket = "/run/nodeward/broker.sock"
+
+// envName is an environment value: empty, or a short lowercase name.
+var envName = regexp.MustCompile(`^([a-z][a-z0-9-]{0,31})?$`)
+
+// Production reports whether the config marks this node production.
+func (c *Config) Production() bool { return c.Environment == "production" }
 
 var lineErr = regexp.MustCompile(`^line (\d+): (.*)$`)
 var unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
@@ -278,6 +288,9 @@ func (c *Config) validate(name string, root *yaml.Node) error {
 	}
 	if c.Cache.MaxEntries < 0 {
 		return bad(lineOf(root, "cache", "max_entries"), "cache.max_entries", "must not be negative")
+	}
+	if !envName.MatchString(c.Environment) {
+		return bad(lineOf(root, "environment"), "environment", "want a short lowercase name such as production or staging, got %q", c.Environment)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

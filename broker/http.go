@@ -34,6 +34,8 @@ type API struct {
 	clock func() time.Time
 	// onDecision hears every token decision (audit trail).
 	onDecision func(d *decision)
+	// force serves /v1/breaker/force (game day); nil: not served.
+	force http.HandlerFunc
 }
 
 // decision is the outcome of one token request, for the audit trail.
@@ -77,6 +79,9 @@ func (a *API) fail(w http.ResponseWriter, d *decision, status int, code, desc, r
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/token", a.serveToken)
+	if a.force != nil {
+		mux.HandleFunc("/v1/breaker/force", a.force)
+	}
 	return mux
 }
 

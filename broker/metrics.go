@@ -20,6 +20,7 @@ type Metrics struct {
 	UpstreamTime  *prometheus.HistogramVec // upstream
 	UpstreamError *prometheus.CounterVec   // upstream, class: rejected, retryable, breaker_open
 	BreakerState  *prometheus.GaugeVec     // upstream: 0 closed, 1 half-open, 2 open
+	BreakerForced *prometheus.GaugeVec     // upstream: 1 while a game day forces it open
 	RateLimited   *prometheus.CounterVec   // reason: upstream_calls, keys
 	AuditLost     prometheus.Counter
 	AuditDropped  prometheus.Counter
@@ -54,7 +55,9 @@ func NewMetrics(r prometheus.Registerer, cachedKeys func() float64) *Metrics {
 		Help: "Broker audit records that could not be written."})
 	m.AuditDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "nodeward_broker_audit_dropped_total",
 		Help: "Broker audit denial records dropped by the per-uid rate limit."})
-	r.MustRegister(m.RateLimited, m.AuditLost, m.AuditDropped)
+	m.BreakerForced = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodeward_broker_breaker_forced",
+		Help: "1 while an operator's game day forces the upstream's circuit breaker open (nodeward_broker_breaker_state then shows 2), else 0."}, []string{"upstream"})
+	r.MustRegister(m.RateLimited, m.AuditLost, m.AuditDropped, m.BreakerForced)
 	r.MustRegister(m.Requests, m.CacheHits, m.CacheMisses, m.Evictions, m.Refreshes, m.UpstreamTime, m.UpstreamError, m.BreakerState,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nodeward_broker_cached_tokens", Help: "Tokens in the cache."}, cachedKeys))
 	return m

@@ -59,6 +59,10 @@ type Agent struct {
 	JWTIssuer string
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// Environment names the node's environment (key environment), for
+	// symmetry with the broker's: "production" marks a production node.
+	// Empty or a short lowercase name.
+	Environment string
 	// AuditLog is where audit records go: "stdout" (default), "stderr",
 	// "off", or a file path (reopened on SIGUSR1).
 	AuditLog string

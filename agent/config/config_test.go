@@ -298,3 +298,14 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("limits = %+v", cfg.Limits)
 	}
 }
+
+func TestEnvironmentKey(t *testing.T) {
+	cfg, err := Parse("agent.yaml", []byte("trust_domain: example.org\nenvironment: production\n"))
+	if err != nil || cfg.Environment != "production" {
+		t.Fatalf("environment: production: %v %v", cfg, err)
+	}
+	if _, err := Parse("agent.yaml", []byte("trust_domain: example.org\nenvironment: Prod Env\n")); err == nil ||
+		!strings.Contains(err.Error(), "agent.yaml:2") || !strings.Contains(err.Error(), "environment") {
+		t.Fatalf("bad environment: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strconv"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -52,6 +53,15 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 					return nil
 				}
 				return d.errf(v, "log_level", "unknown level %s (want debug, info, warn or error)", quote(cfg.LogLevel))
+			},
+			"environment": func(v *yaml.Node) error {
+				if err := d.str(v, "environment", &cfg.Environment); err != nil {
+					return err
+				}
+				if !envName.MatchString(cfg.Environment) {
+					return d.errf(v, "environment", "want a short lowercase name such as production or staging, got %s", quote(cfg.Environment))
+				}
+				return nil
 			},
 			"jwt_issuer": func(v *yaml.Node) error {
 				if err := d.str(v, "jwt_issuer", &cfg.JWTIssuer); err != nil {
@@ -214,3 +224,6 @@ func (d decoder) section(root *yaml.Node, name string, v *yaml.Node, data []byte
 	}
 	return out, nil
 }
+
+// envName is an environment value: empty, or a short lowercase name.
+var envName = regexp.MustCompile(`^([a-z][a-z0-9-]{0,31})?$`)

@@ -136,6 +136,9 @@ func embeddedBroker(cfg *config.Agent, log *slog.Logger) (*broker.Broker, error)
 	if !bytes.Contains(cfg.Broker, []byte("workload_socket:")) {
 		bcfg.WorkloadSocket = "unix://" + cfg.SocketPath
 	}
+	if bcfg.Environment == "" {
+		bcfg.Environment = cfg.Environment // the node's environment, unless the section names its own
+	}
 	return broker.New(bcfg, log.With("component", "broker"))
 }
 

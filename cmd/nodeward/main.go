@@ -49,6 +49,7 @@ func commands() []command {
 		{"node", "node attest|verify [flags]       TPM node attestation: print evidence, or verify it (with credential activation)", runNode},
 		{"status", "status [--admin ADDR] [--json]   show identities, entries, streams and caches", runStatus},
 		{"inventory", "inventory [--admin ADDR] [--json|--csv] | inventory enable ENTRY_ID  the identity inventory; re-enable a stale-disabled entry", runInventory},
+		{"gameday", "gameday --upstream NAME [--broker SOCK] [--outage 60s] [--json]  rehearse an IdP outage on this node (bounded, reverted)", runGameday},
 		{"healthcheck", "healthcheck [--socket S]        exit 0 when the agent answers", runHealthcheck},
 		{"version", "version                         print the version", runVersion},
 	}
