@@ -93,6 +93,10 @@ func TestFederateHTTPSSPIFFE(t *testing.T) {
 		!st.NextRefresh.After(st.LastAttempt) || st.LastError != "" {
 		t.Errorf("status = %+v", st)
 	}
+	// The next refresh is at the hint, less at most a tenth (jitter).
+	if st := statusOf(fa, tdB); st.NextRefresh.Sub(st.LastAttempt) > hint || st.NextRefresh.Sub(st.LastAttempt) < hint*9/10 {
+		t.Errorf("next refresh in %v, want the hint %v less at most 10%%", st.NextRefresh.Sub(st.LastAttempt), hint)
+	}
 
 	// Cross-domain verification with the fetched bundles.
 	svidA := a.ca.svid(t, spiffeid.RequireFromPath(tdA, "/web"))
@@ -318,4 +322,64 @@ func TestPlantedCacheFilesRefused(t *testing.T) {
 			t.Errorf("status = %+v", st)
 		}
 	})
+}
+
+// TestRefreshInterval: the hint is honoured within the bounds; without a
+// hint the default applies; failures back off from Retry, doubling, up to
+// the refresh interval.
+func TestRefreshInterval(t *testing.T) {
+	f, err := NewFetcher(FetcherConfig{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hinted := func(h time.Duration) *spiffebundle.Bundle {
+		b := spiffebundle.New(tdB)
+		b.SetRefreshHint(h)
+		return b
+	}
+	for _, tc := range []struct {
+		b    *spiffebundle.Bundle
+		want time.Duration
+	}{
+		{nil, DefaultRefreshHint},
+		{spiffebundle.New(tdB), DefaultRefreshHint},
+		{hinted(time.Second), DefaultMinRefresh},
+		{hinted(90 * time.Second), 90 * time.Second},
+		{hinted(48 * time.Hour), DefaultMaxRefresh},
+	} {
+		if got := f.interval(tc.b); got != tc.want {
+			t.Errorf("interval(%v) = %v, want %v", tc.b, got, tc.want)
+		}
+	}
+	if _, err := NewFetcher(FetcherConfig{CacheDir: t.TempDir(), MinRefresh: time.Hour, MaxRefresh: time.Minute}); !errors.Is(err, ErrConfig) {
+		t.Errorf("min above max: %v", err)
+	}
+	if _, err := NewFetcher(FetcherConfig{CacheDir: "relative"}); !errors.Is(err, ErrConfig) {
+		t.Errorf("relative cache dir: %v", err)
+	}
+
+	// Backoff on a real failing fetch (nothing listens on the port).
+	dir := t.TempDir()
+	ca := newTestCA(t, tdB)
+	boot := writeFile(t, dir, "boot.pem", certPEM(ca.cert), 0o644)
+	ff, err := NewFetcher(FetcherConfig{CacheDir: filepath.Join(dir, "c"), Retry: 10 * time.Millisecond, MinRefresh: 100 * time.Millisecond,
+		DefaultRefresh: 100 * time.Millisecond, Peers: []Peer{{TrustDomain: tdB, URL: "https://127.0.0.1:1/", Profile: ProfileHTTPSSPIFFE,
+			EndpointID: endpointID(tdB), BundleFile: boot}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waits []time.Duration
+	for range 6 {
+		next := ff.peers[0].record(nil, errors.New("unreachable"))
+		waits = append(waits, next.Sub(statusOf(ff, tdB).LastAttempt))
+	}
+	for i, want := range []time.Duration{10, 20, 40, 80, 100, 100} {
+		want *= time.Millisecond
+		if waits[i] > want || waits[i] < want*9/10 {
+			t.Errorf("retry %d after %v, want %v (less at most 10%%)", i+1, waits[i], want)
+		}
+	}
+	if st := statusOf(ff, tdB); st.Failures != 6 || st.LastError != "unreachable" || st.Source != "bootstrap" {
+		t.Errorf("status = %+v", st)
+	}
 }

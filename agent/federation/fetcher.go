@@ -378,26 +378,37 @@ func (p *peer) fetch(ctx context.Context) (*spiffebundle.Bundle, error) {
 // bundle replaces the current one and is cached; a failure keeps it.
 func (p *peer) record(b *spiffebundle.Bundle, ferr error) time.Time {
 	f := p.f
+	name := p.TrustDomain.Name()
+	f.mu.Lock()
+	cur := p.current
+	f.mu.Unlock()
+	// Only this goroutine replaces p.current, so cur stays current.
+	changed := ferr == nil && (cur == nil || !cur.Equal(b))
+	if changed {
+		if cur != nil {
+			old, oldOK := cur.SequenceNumber()
+			if seq, ok := b.SequenceNumber(); ok && oldOK && seq < old {
+				f.cfg.Log.Warn("federation: bundle sequence went back", "trust_domain", name, "was", old, "now", seq)
+			}
+		}
+		// Cached before it is published: whoever sees it can rely on a
+		// restart finding it.
+		if err := p.writeCache(b); err != nil {
+			f.cfg.Log.Error("federation: bundle not cached; a restart without the endpoint would use an older bundle",
+				"trust_domain", name, "err", err)
+		}
+	}
 	now := f.cfg.Now().Round(0)
 	f.mu.Lock()
 	p.st.Attempts++
 	p.st.LastAttempt = now
-	var changed bool
-	interval := f.interval(p.current)
 	var wait time.Duration
 	if ferr != nil {
 		p.st.Failures++
 		p.st.LastError = ferr.Error()
 		shift := min(p.st.Failures-1, 20)
-		wait = min(f.cfg.Retry<<shift, interval)
+		wait = min(f.cfg.Retry<<shift, f.interval(cur))
 	} else {
-		if p.current != nil {
-			old, oldOK := p.current.SequenceNumber()
-			if seq, ok := b.SequenceNumber(); ok && oldOK && seq < old {
-				f.cfg.Log.Warn("federation: bundle sequence went back", "trust_domain", p.TrustDomain.Name(), "was", old, "now", seq)
-			}
-		}
-		changed = p.current == nil || !p.current.Equal(b)
 		if changed {
 			p.current = b
 			p.st.Source = "endpoint"
@@ -414,15 +425,11 @@ func (p *peer) record(b *spiffebundle.Bundle, ferr error) time.Time {
 	switch {
 	case ferr != nil:
 		f.cfg.Log.Warn("federation: bundle refresh failed; the last good bundle stays in use",
-			"trust_domain", p.TrustDomain.Name(), "err", ferr, "retry_in", wait.Round(time.Millisecond))
+			"trust_domain", name, "err", ferr, "retry_in", wait.Round(time.Millisecond))
 	case changed:
 		seq, _ := b.SequenceNumber()
-		f.cfg.Log.Info("federation: bundle updated", "trust_domain", p.TrustDomain.Name(), "sequence", seq,
+		f.cfg.Log.Info("federation: bundle updated", "trust_domain", name, "sequence", seq,
 			"x509_authorities", len(b.X509Authorities()), "jwt_authorities", len(b.JWTAuthorities()))
-		if err := p.writeCache(b); err != nil {
-			f.cfg.Log.Error("federation: bundle not cached; a restart without the endpoint would use an older bundle",
-				"trust_domain", p.TrustDomain.Name(), "err", err)
-		}
 	}
 	return now.Add(wait)
 }
