@@ -357,6 +357,13 @@ func TestRefreshInterval(t *testing.T) {
 	if _, err := NewFetcher(FetcherConfig{CacheDir: "relative"}); !errors.Is(err, ErrConfig) {
 		t.Errorf("relative cache dir: %v", err)
 	}
+	if _, err := NewFetcher(FetcherConfig{CacheDir: t.TempDir(), Peers: []Peer{{TrustDomain: tdB, URL: "http://b.test/", Profile: ProfileHTTPSWeb}}}); !errors.Is(err, ErrConfig) {
+		t.Errorf("http URL: %v", err)
+	}
+	if _, err := NewFetcher(FetcherConfig{CacheDir: t.TempDir(), Peers: []Peer{{TrustDomain: tdB, URL: "https://b.test/", Profile: ProfileHTTPSSPIFFE,
+		EndpointID: endpointID(tdA), BundleFile: "/nonexistent"}}}); !errors.Is(err, ErrConfig) {
+		t.Errorf("endpoint ID of another trust domain: %v", err)
+	}
 
 	// Backoff on a real failing fetch (nothing listens on the port).
 	dir := t.TempDir()

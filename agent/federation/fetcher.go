@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -107,6 +108,8 @@ type Fetcher struct {
 	cfg   FetcherConfig
 	peers []*peer
 
+	running atomic.Bool
+
 	mu      sync.Mutex
 	changed chan struct{}
 	snap    atomic.Pointer[map[spiffeid.TrustDomain]*spiffebundle.Bundle]
@@ -167,6 +170,9 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 			return nil, fmt.Errorf("federation: trust domain %q missing or listed twice: %w", pc.TrustDomain, ErrConfig)
 		}
 		seen[pc.TrustDomain] = true
+		if u, err := url.Parse(pc.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("federation: %s: want an https URL, got %q: %w", pc.TrustDomain, pc.URL, ErrConfig)
+		}
 		names = append(names, cacheName(pc.TrustDomain))
 		p := &peer{Peer: pc, f: f, st: Status{TrustDomain: pc.TrustDomain, URL: pc.URL, Profile: pc.Profile, Source: "none"}}
 		if err := p.init(); err != nil {
@@ -180,7 +186,9 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 	if _, err := atomicfile.CleanTemps(cfg.CacheDir, names...); err != nil {
 		cfg.Log.Warn("federation: leftover temporary files", "err", err)
 	}
+	f.mu.Lock()
 	f.publishLocked()
+	f.mu.Unlock()
 	return f, nil
 }
 
@@ -305,8 +313,11 @@ func (f *Fetcher) publishLocked() {
 }
 
 // Run refreshes every peer until ctx is done; the first fetch of each is at
-// once.
+// once. It may be called once.
 func (f *Fetcher) Run(ctx context.Context) error {
+	if !f.running.CompareAndSwap(false, true) {
+		return errors.New("federation: fetcher already run")
+	}
 	var wg sync.WaitGroup
 	for _, p := range f.peers {
 		wg.Go(func() { p.run(ctx) })
