@@ -131,24 +131,41 @@ func TestFederateHTTPSSPIFFE(t *testing.T) {
 	}
 }
 
-// TestFederateHTTPSWeb: an https_web endpoint with a certificate of a test
-// web PKI; the fetcher trusts that PKI's root (ca). A renewed certificate
-// file is served without a restart.
+// TestFederateHTTPSWeb: two trust domains federate over https_web, each
+// endpoint with a certificate of a test web PKI whose root the fetchers
+// trust (ca); an SVID of each verifies against the bundle the other
+// fetched. Without that root (system roots) the endpoint is refused. A
+// renewed certificate file is served without a restart.
 func TestFederateHTTPSWeb(t *testing.T) {
 	dir := t.TempDir()
 	pki := newWebPKI(t, dir)
-	certDir := filepath.Join(dir, "tls")
-	if err := os.Mkdir(certDir, 0o755); err != nil {
-		t.Fatal(err)
+	tlsDir := func(name string) string {
+		d := filepath.Join(dir, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return d
 	}
-	certFile, keyFile, cert1 := pki.serverFiles(t, certDir)
-	b := startSide(t, tdB, EndpointConfig{Profile: ProfileHTTPSWeb, CertFile: certFile, KeyFile: keyFile, RefreshHint: time.Second})
-	fa := fastFetcher(t, filepath.Join(dir, "cache"), Peer{TrustDomain: tdB, URL: b.url, Profile: ProfileHTTPSWeb, CAFile: pki.rootFile})
+	dirA, dirB := tlsDir("tls-a"), tlsDir("tls-b")
+	certA, keyA, _ := pki.serverFiles(t, dirA)
+	certB, keyB, cert1 := pki.serverFiles(t, dirB)
+	a := startSide(t, tdA, EndpointConfig{Profile: ProfileHTTPSWeb, CertFile: certA, KeyFile: keyA, RefreshHint: time.Second})
+	b := startSide(t, tdB, EndpointConfig{Profile: ProfileHTTPSWeb, CertFile: certB, KeyFile: keyB, RefreshHint: time.Second})
+	fa := fastFetcher(t, filepath.Join(dir, "a", "federation"), Peer{TrustDomain: tdB, URL: b.url, Profile: ProfileHTTPSWeb, CAFile: pki.rootFile})
+	fb := fastFetcher(t, filepath.Join(dir, "b", "federation"), Peer{TrustDomain: tdA, URL: a.url, Profile: ProfileHTTPSWeb, CAFile: pki.rootFile})
 	if st := statusOf(fa, tdB); st.Source != "none" || fa.Bundles()[tdB] != nil {
 		t.Fatalf("before Run: %+v", st)
 	}
 	run(t, fa.Run)
+	run(t, fb.Run)
 	waitBundle(t, fa, withHint(b.bundle.Load(), time.Second))
+	waitBundle(t, fb, withHint(a.bundle.Load(), time.Second))
+	if _, _, err := x509svid.Verify(b.ca.svid(t, spiffeid.RequireFromPath(tdB, "/db")).Certificates, spiffebundle.NewSet(fa.Bundles()[tdB])); err != nil {
+		t.Errorf("b's SVID against a's fetched bundle: %v", err)
+	}
+	if _, _, err := x509svid.Verify(a.ca.svid(t, spiffeid.RequireFromPath(tdA, "/web")).Certificates, spiffebundle.NewSet(fb.Bundles()[tdA])); err != nil {
+		t.Errorf("a's SVID against b's fetched bundle: %v", err)
+	}
 
 	// Without the test root (system roots only) the endpoint is refused.
 	fs := fastFetcher(t, filepath.Join(dir, "cache2"), Peer{TrustDomain: tdB, URL: b.url, Profile: ProfileHTTPSWeb})
@@ -159,7 +176,7 @@ func TestFederateHTTPSWeb(t *testing.T) {
 	}
 
 	// Renewal: new files renamed into place are used at the next handshake.
-	_, _, cert2 := pki.serverFiles(t, certDir)
+	_, _, cert2 := pki.serverFiles(t, dirB)
 	waitFor(t, "the renewed certificate", func() bool { return servedCert(t, b.url, pki.root).Equal(cert2) })
 	if cert1.Equal(cert2) {
 		t.Fatal("test certificates not distinct")
