@@ -119,9 +119,7 @@ type side struct {
 	url    string
 }
 
-func endpointID(td spiffeid.TrustDomain) spiffeid.ID {
-	return spiffeid.RequireFromPath(td, "/nodeward/bundle-endpoint")
-}
+func endpointID(td spiffeid.TrustDomain) spiffeid.ID { return EndpointID(td) }
 
 // startSide runs a bundle endpoint of td on loopback until the test ends.
 func startSide(t *testing.T, td spiffeid.TrustDomain, cfg EndpointConfig) *side {
