@@ -89,6 +89,8 @@ type Agent struct {
 	Limits Limits
 	// Server is the server section (fleet mode); nil: standalone.
 	Server *Server
+	// Federation is the federation section (standalone mode); nil: none.
+	Federation *Federation
 	// Source is the file it came from ("" for the embedded default).
 	Source string
 }
@@ -107,6 +109,11 @@ type Entry struct {
 	Owner string
 	// Expires is when the entry stops issuing (zero: never).
 	Expires time.Time
+	// FederatesWith are the foreign trust domains (configured under
+	// federation.federates_with) whose bundles the entry's workloads get.
+	FederatesWith []spiffeid.TrustDomain
+	// federatesAt is where each FederatesWith name was written.
+	federatesAt []fedRef
 
 	// ParsedID is SPIFFEID, parsed; filled by validation.
 	ParsedID spiffeid.ID

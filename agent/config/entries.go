@@ -107,6 +107,9 @@ func (d decoder) entry(n *yaml.Node, field string, td spiffeid.TrustDomain, ids 
 			}
 			return nil
 		},
+		"federates_with": func(v *yaml.Node) error {
+			return d.entryFederatesWith(v, field+".federates_with", td, &e)
+		},
 		"hint":  func(v *yaml.Node) error { return d.text(v, field+".hint", &e.Hint) },
 		"owner": func(v *yaml.Node) error { return d.text(v, field+".owner", &e.Owner) },
 		"expires": func(v *yaml.Node) error {

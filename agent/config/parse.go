@@ -26,7 +26,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 	if err != nil {
 		return nil, err
 	}
-	var entriesNode, tdNode, entriesFileNode, caNode, adminNode, serverNode *yaml.Node
+	var entriesNode, tdNode, entriesFileNode, caNode, adminNode, serverNode, fedNode *yaml.Node
 	if m != nil {
 		err = d.fields(m, "", map[string]func(v *yaml.Node) error{
 			"trust_domain": func(v *yaml.Node) error { tdNode = v; return d.str(v, "trust_domain", &cfg.TrustDomain) },
@@ -98,6 +98,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 			"limits":     func(v *yaml.Node) error { return d.limits(v, &cfg.Limits) },
 			"server":     func(v *yaml.Node) error { serverNode = v; return d.server(v, &cfg.Server) },
 			"entries":    func(v *yaml.Node) error { entriesNode = v; return nil },
+			"federation": func(v *yaml.Node) error { fedNode = v; return nil },
 			"broker": func(v *yaml.Node) error {
 				b, err := d.section(m, "broker", v, data)
 				cfg.Broker = b
@@ -120,7 +121,7 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 		for _, n := range []struct {
 			node *yaml.Node
 			key  string
-		}{{entriesNode, "entries"}, {entriesFileNode, "entries_file"}, {caNode, "ca"}} {
+		}{{entriesNode, "entries"}, {entriesFileNode, "entries_file"}, {caNode, "ca"}, {fedNode, "federation"}} {
 			if n.node != nil {
 				return nil, d.errf(n.node, n.key, "not used with a server section: the SPIRE server holds the entries and signs the SVIDs (remove one of them)")
 			}
@@ -135,6 +136,11 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return nil, d.wrapf(tdNode, "trust_domain", err, "invalid trust domain %s: %v", quote(cfg.TrustDomain), err)
+	}
+	if fedNode != nil {
+		if cfg.Federation, err = d.federation(fedNode, td); err != nil {
+			return nil, err
+		}
 	}
 	ids := map[string]string{} // explicit entry id -> "file:line" of its entry
 	if entriesNode != nil {
@@ -156,6 +162,9 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 			return nil, err
 		}
 		cfg.Entries = append(cfg.Entries, more...)
+	}
+	if err := checkFederatesWith(cfg.Entries, cfg.Federation); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }
