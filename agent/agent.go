@@ -52,10 +52,11 @@ type Agent struct {
 	audit       *audit.Logger
 	obs         *observer
 	limits      *limitsState
-	fleet       *fleetMode // nil in standalone mode
-	node        *node      // nil without a tpm section
-	tpm         *tpm.TPM   // the TPM, when configured
-	ownsTPM     bool       // opened by New (closed when Serve ends)
+	fleet       *fleetMode      // nil in standalone mode
+	federation  *federationMode // nil without a federation section
+	node        *node           // nil without a tpm section
+	tpm         *tpm.TPM        // the TPM, when configured
+	ownsTPM     bool            // opened by New (closed when Serve ends)
 
 	mu  sync.Mutex
 	cfg *config.Agent
@@ -212,6 +213,9 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	if err != nil {
 		return nil, err
 	}
+	if a.federation, err = a.newFederation(cfg, td); err != nil {
+		return nil, err
+	}
 	if a.fleet != nil {
 		// The first sync, so that a start with a reachable server serves
 		// at once; without one the agent serves nothing yet and syncs on.
@@ -324,6 +328,8 @@ func PolicyEntries(in []config.Entry) []*policy.Entry {
 			Owner:     e.Owner,
 			ExpiresAt: e.Expires,
 			Pos:       e.Pos,
+
+			FederatesWith: e.FederatesWith,
 		})
 	}
 	return entries
@@ -486,6 +492,9 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	}
 	if a.fleet != nil {
 		g.Go(func() error { return a.fleet.run(ctx) })
+	}
+	if a.federation != nil {
+		g.Go(func() error { return a.federation.run(ctx, a) })
 	}
 	if a.ca != nil && !a.ca.NextRotation().IsZero() {
 		g.Go(func() error { a.rotateIntermediates(ctx); return nil })

@@ -19,7 +19,10 @@ type Status struct {
 	Mode string `json:"mode"`
 	// Server is the SPIRE server's state (fleet mode only).
 	Server *ServerStatus `json:"server,omitempty"`
-	Ready  bool          `json:"ready"`
+	// Federation is the bundle endpoint and the federated trust domains
+	// (standalone mode with a federation section).
+	Federation *FederationStatus `json:"federation,omitempty"`
+	Ready      bool              `json:"ready"`
 	// Degraded says why the agent is not ready ("" when ready).
 	Degraded   string           `json:"degraded,omitempty"`
 	Uptime     string           `json:"uptime"`
@@ -105,6 +108,9 @@ func (a *Agent) Status() Status {
 		st.Broker = a.extraStatus()
 	}
 	st.CA.Key = "file"
+	if a.federation != nil {
+		st.Federation = a.federation.status()
+	}
 	if a.fleet != nil {
 		st.Mode, st.Server, st.CA.Key = "server", a.fleet.status(), "server"
 	} else if in := a.ca.Intermediate(); in != nil {

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -121,23 +123,50 @@ func encodeBundle(b *spiffebundle.Bundle) ([]byte, []byte, error) {
 	return der, jwks, nil
 }
 
-// LocalSource mints with the node's own CA (standalone mode).
+// LocalSource mints with the node's own CA (standalone mode); the bundles
+// of federated trust domains are handed to it (SetFederated).
 type LocalSource struct {
 	ca      *ca.CA
-	bundles *Bundles
+	bundles atomic.Pointer[Bundles]
+
+	mu      sync.Mutex
+	changed chan struct{}
 }
 
 var _ Source = (*LocalSource)(nil)
-
-// never is a channel that is never closed: the local CA's bundle does not
-// change while the agent runs.
-var never = make(chan struct{})
 
 // NewLocalSource returns a Source backed by c.
 func NewLocalSource(c *ca.CA) (*LocalSource, error) {
 	b := &Bundles{Own: c.Bundle(), OwnX509DER: c.X509BundleDER(), OwnJWKS: c.JWKS(),
 		Federated: map[spiffeid.TrustDomain]*FederatedBundle{}, Set: spiffebundle.NewSet(c.Bundle())}
-	return &LocalSource{ca: c, bundles: b}, nil
+	l := &LocalSource{ca: c, changed: make(chan struct{})}
+	l.bundles.Store(b)
+	return l, nil
+}
+
+// SetFederated publishes the federated trust domains' bundles (from the
+// federation fetcher) next to the CA's own, and wakes the store.
+func (l *LocalSource) SetFederated(feds map[spiffeid.TrustDomain]*spiffebundle.Bundle) error {
+	cur := l.bundles.Load()
+	b := &Bundles{Own: cur.Own, OwnX509DER: cur.OwnX509DER, OwnJWKS: cur.OwnJWKS,
+		Federated: make(map[spiffeid.TrustDomain]*FederatedBundle, len(feds)), Set: spiffebundle.NewSet(cur.Own)}
+	for td, fb := range feds {
+		if td == cur.Own.TrustDomain() {
+			return fmt.Errorf("federated bundle for the own trust domain %s", td)
+		}
+		der, jwks, err := encodeBundle(fb)
+		if err != nil {
+			return err
+		}
+		b.Federated[td] = &FederatedBundle{Bundle: fb, X509DER: der, JWKS: jwks}
+		b.Set.Add(fb)
+	}
+	l.mu.Lock()
+	l.bundles.Store(b)
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.mu.Unlock()
+	return nil
 }
 
 // CA returns the CA the source mints with.
@@ -157,10 +186,14 @@ func (l *LocalSource) MintJWTSVID(_ context.Context, e *policy.Entry, audience [
 }
 
 // Bundles implements Source.
-func (l *LocalSource) Bundles() *Bundles { return l.bundles }
+func (l *LocalSource) Bundles() *Bundles { return l.bundles.Load() }
 
 // BundlesChanged implements Source.
-func (l *LocalSource) BundlesChanged() <-chan struct{} { return never }
+func (l *LocalSource) BundlesChanged() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.changed
+}
 
 // mintTimeout bounds one mint through the source (a server round trip).
 const mintTimeout = 30 * time.Second

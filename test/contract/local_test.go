@@ -24,10 +24,12 @@ import (
 type localHarness struct {
 	dir, sock string
 	a         *agent.Agent
+	stop      func()
 
 	mu      sync.Mutex
 	entries map[string]Entry
 	n       int
+	fedBoot string // bootstrap bundle of other.test, once Federation was called
 }
 
 func (h *localHarness) TrustDomain() spiffeid.TrustDomain {
@@ -37,8 +39,14 @@ func (h *localHarness) TrustDomain() spiffeid.TrustDomain {
 func (h *localHarness) config(t *testing.T) *config.Agent {
 	t.Helper()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "trust_domain: contract.local\nsocket_path: %s\ndata_dir: %s\naudit_log: %s\nentries:\n",
+	fmt.Fprintf(&sb, "trust_domain: contract.local\nsocket_path: %s\ndata_dir: %s\naudit_log: %s\n",
 		h.sock, filepath.Join(h.dir, "data"), filepath.Join(h.dir, "audit.log"))
+	if h.fedBoot != "" {
+		// other.test's endpoint does not answer: its bundle comes from the
+		// bootstrap file, as on a node started offline.
+		fmt.Fprintf(&sb, "federation:\n  federates_with:\n    other.test:\n      url: https://127.0.0.1:1\n      profile: https_spiffe\n      endpoint_spiffe_id: spiffe://other.test/nodeward/bundle-endpoint\n      bundle: %s\n", h.fedBoot)
+	}
+	sb.WriteString("entries:\n")
 	ids := make([]string, 0, len(h.entries))
 	for id := range h.entries {
 		ids = append(ids, id)
@@ -59,6 +67,9 @@ func (h *localHarness) config(t *testing.T) *config.Agent {
 		if e.X509TTL > 0 {
 			fmt.Fprintf(&sb, "    x509_ttl: %s\n", e.X509TTL)
 		}
+		if len(e.FederatesWith) > 0 {
+			fmt.Fprintf(&sb, "    federates_with: [%s]\n", strings.Join(e.FederatesWith, ", "))
+		}
 	}
 	cfg, err := config.Parse(filepath.Join(h.dir, "agent.yaml"), []byte(sb.String()))
 	if err != nil {
@@ -77,6 +88,16 @@ func (h *localHarness) Start(t *testing.T) string {
 		t.Fatal(err)
 	}
 	h.dir, h.sock, h.entries = dir, filepath.Join(dir, "workload.sock"), map[string]Entry{}
+	h.restart(t)
+	return "unix://" + h.sock
+}
+
+// restart (re)starts the agent with the current config; the socket path
+// stays, so clients reconnect.
+func (h *localHarness) restart(t *testing.T) {
+	if h.stop != nil {
+		h.stop()
+	}
 	a, err := agent.New(h.config(t), slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)
@@ -85,12 +106,16 @@ func (h *localHarness) Start(t *testing.T) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		})
+	}
+	t.Cleanup(h.stop)
 	select {
 	case <-a.Serving():
 	case err := <-done:
@@ -98,7 +123,6 @@ func (h *localHarness) Start(t *testing.T) string {
 	case <-time.After(20 * time.Second):
 		t.Fatal("agent did not start serving")
 	}
-	return "unix://" + h.sock
 }
 
 func (h *localHarness) reload(t *testing.T) {
@@ -111,9 +135,6 @@ func (h *localHarness) reload(t *testing.T) {
 func (h *localHarness) AddEntry(t *testing.T, e Entry) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(e.FederatesWith) > 0 {
-		t.Fatal("the local harness does not federate")
-	}
 	h.n++
 	id := fmt.Sprintf("contract-%d", h.n)
 	h.entries[id] = e
@@ -130,7 +151,20 @@ func (h *localHarness) RemoveEntry(t *testing.T, id string) {
 
 func (h *localHarness) ShortX509TTL() time.Duration { return 8 * time.Second }
 
-func (h *localHarness) Federation(*testing.T) spiffeid.TrustDomain { return spiffeid.TrustDomain{} }
+// Federation restarts the agent with a federation section (a federation
+// change needs a restart) whose peer other.test is known from its
+// bootstrap bundle.
+func (h *localHarness) Federation(t *testing.T) spiffeid.TrustDomain {
+	p := filepath.Join(h.dir, "other.test.pem")
+	if err := os.WriteFile(p, selfSignedPEM(t, "other.test"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	h.fedBoot = p
+	h.mu.Unlock()
+	h.restart(t)
+	return spiffeid.RequireTrustDomainFromString("other.test")
+}
 
 func (h *localHarness) Propagation() time.Duration { return 0 }
 
