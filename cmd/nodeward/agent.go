@@ -52,7 +52,12 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	notify := systemd.NewNotifier(log)
-	a, err := agent.New(cfg, log, agent.WithContext(ctx))
+	tp, flush, err := startTracing(ctx, "nodeward-agent", log)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	a, err := agent.New(cfg, log, agent.WithContext(ctx), agent.WithTracer(tp.Tracer("github.com/nodeward/nodeward/workloadapi")))
 	if err != nil {
 		return err
 	}
@@ -106,6 +111,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
+	b.SetTracer(tp.Tracer("github.com/nodeward/nodeward/broker"))
 	a.AttachStatus(func() any { return b.Status() })
 	bl, err := takeSocket(socks, systemd.BrokerSocket, "", log)
 	if err != nil {

@@ -43,6 +43,12 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tp, flush, err := startTracing(ctx, "nodeward-broker", log)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	b.SetTracer(tp.Tracer("github.com/nodeward/nodeward/broker"))
 	bl, err := takeSocket(socks, systemd.BrokerSocket, cfg.Listen, log)
 	if err != nil {
 		return err
