@@ -128,7 +128,7 @@ func Setup(ctx context.Context, defaultService string) (*Provider, error) {
 // its own variables (endpoint, headers, timeout, TLS) from the process
 // environment, as the SDK documents; sampling follows OTEL_TRACES_SAMPLER.
 func SetupEnv(ctx context.Context, defaultService string, getenv Getenv) (*Provider, error) {
-	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	otel.SetTextMapPropagator(propagation.TraceContext{}) // W3C traceparent/tracestate; no baggage
 	if !enabled(getenv) {
 		p := &Provider{tp: noop.NewTracerProvider()}
 		otel.SetTracerProvider(p.tp)

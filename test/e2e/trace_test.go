@@ -188,6 +188,29 @@ func TestTracesInJaeger(t *testing.T) {
 		t.Errorf("agent span without caller uid or entry ids: %+v", agentSpan.Tags)
 	}
 
+	// The broker's X.509 watch: a span per update sent on the stream.
+	var x509Span testutil.JaegerSpan
+	for x509Span.SpanID == "" {
+		trs, err := j.FindTraces("nodeward-agent", "SpiffeWorkloadAPI/FetchX509SVID")
+		if err == nil {
+			for _, tr := range trs {
+				for _, s := range tr.Find("SpiffeWorkloadAPI/FetchX509SVID") {
+					if strings.Contains(s.Tag("nodeward.spiffe_ids"), "spiffe://example.org/broker") {
+						x509Span = s
+					}
+				}
+			}
+		}
+		if x509Span.SpanID == "" && time.Now().After(deadline) {
+			t.Fatalf("no agent FetchX509SVID update span for the broker in Jaeger within %s (%v)", within, err)
+		}
+		if x509Span.SpanID == "" {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	wantTag(t, x509Span, "nodeward.kind", "x509")
+	wantTag(t, x509Span, "nodeward.stream.update", "false")
+
 	// The audit records carry the same trace ids.
 	var found1, found2 bool
 	for _, r := range readAudit(t, filepath.Join(env.Dir, "broker-audit.log")) {
