@@ -64,6 +64,8 @@ func StartJaeger(t testing.TB) *Jaeger {
   telemetry:
     metrics:
       level: none
+    traces:
+      level: none
     logs:
       level: info
 extensions:
@@ -98,7 +100,21 @@ exporters:
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := StartProcess(t, bin, "", "--config", path)
+	// Jaeger's own tracing off: it would export to localhost:4317 and
+	// hang its shutdown on that.
+	p := startProcessEnv(t, bin, "", []string{"OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none", "OTEL_EXPORTER_OTLP_TIMEOUT=200"}, "--config", path)
+	// Runs before StartProcess's cleanup: Jaeger's query extension
+	// retries exporting its own spans to localhost:4317 on shutdown, whatever
+	// its environment says; a Jaeger that has not exited 5 s after SIGINT is
+	// killed (its state is in memory, nothing to lose).
+	t.Cleanup(func() {
+		_ = p.Cmd.Process.Signal(os.Interrupt)
+		deadline := time.Now().Add(5 * time.Second)
+		for ProcessAlive(p.Cmd.Process.Pid) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = p.Cmd.Process.Kill()
+	})
 	j := &Jaeger{OTLPGRPC: "http://127.0.0.1:" + grpcPort, OTLPHTTP: "http://127.0.0.1:" + httpPort,
 		QueryURL: "http://127.0.0.1:" + queryPort, Proc: p}
 	deadline := time.Now().Add(60 * time.Second)
