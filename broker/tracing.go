@@ -5,11 +5,14 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/nodeward/nodeward/internal/tracing"
 )
 
 // Span and attribute names of the broker's traces (docs/operating.md,
@@ -31,12 +34,20 @@ const (
 	attrSPIFFEID     = attribute.Key("nodeward.spiffe_id")
 )
 
-// SetTracer makes the broker record spans with t (nil: tracing off, the
-// default). Call it before Serve.
-func (b *Broker) SetTracer(t trace.Tracer) {
+// SetTracing makes the broker record spans with p's tracer (off, the
+// default, when p is nil or not enabled) and count p's dropped spans in
+// nodeward_broker_trace_spans_dropped_total. Call it once, before Serve.
+func (b *Broker) SetTracing(p *tracing.Provider) {
+	t := p.Tracer("github.com/nodeward/nodeward/broker")
 	b.tracer = t
 	b.api.tracer = t
 	b.cache.cfg.Tracer = t
+	if p.Enabled() {
+		b.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nodeward_broker_trace_spans_dropped_total",
+			Help: "Spans of this process dropped because the export queue was full or the collector refused them.",
+		}, func() float64 { return float64(p.Dropped()) }))
+	}
 }
 
 // startRequest starts the server span of one token request, a child of

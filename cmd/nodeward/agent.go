@@ -111,7 +111,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
-	b.SetTracer(tp.Tracer("github.com/nodeward/nodeward/broker"))
+	b.SetTracing(tp)
 	a.AttachStatus(func() any { return b.Status() })
 	bl, err := takeSocket(socks, systemd.BrokerSocket, "", log)
 	if err != nil {

@@ -48,7 +48,7 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer flush()
-	b.SetTracer(tp.Tracer("github.com/nodeward/nodeward/broker"))
+	b.SetTracing(tp)
 	bl, err := takeSocket(socks, systemd.BrokerSocket, cfg.Listen, log)
 	if err != nil {
 		return err

@@ -237,6 +237,17 @@ func TestTracesInJaeger(t *testing.T) {
 		t.Errorf("no agent issue record with the span's trace_id %s", agentSpan.TraceID)
 	}
 
+	// The drop counter is exported (tracing on), at 0 with Jaeger up.
+	resp, err := http.Get(env.MetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if !strings.Contains(string(metrics), "\nnodeward_broker_trace_spans_dropped_total 0\n") {
+		t.Errorf("nodeward_broker_trace_spans_dropped_total 0 not in the broker's /metrics")
+	}
+
 	// Never a token or an assertion in anything exported: the access tokens
 	// served, and nothing JWT-shaped (the JWT-SVIDs presented to the IdP
 	// and issued by the agent all start eyJ).
