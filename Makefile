@@ -8,7 +8,7 @@ PKGS      := ./...
 RUN_DIR   := .run
 FUZZTIME  ?= 20s
 
-.PHONY: all build idp-deps spire-server test test-short bench fuzz lint vet staticcheck fmt-check generate generate-check tidy-check packages run clean
+.PHONY: all build jaeger idp-deps spire-server test test-short bench fuzz lint vet staticcheck fmt-check generate generate-check tidy-check packages run clean
 
 all: build
 
@@ -33,6 +33,11 @@ idp-deps: test/idp/node_modules/.package-lock.json
 test/idp/node_modules/.package-lock.json: test/idp/package-lock.json
 	@if command -v npm >/dev/null; then cd test/idp && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the broker tests against the real IdP will be skipped (CI installs Node.js)"; fi
+
+# The real Jaeger of the trace end-to-end test (tools/jaeger, pinned
+# v1.75.0), built once into a versioned cache directory under a file lock.
+jaeger:
+	@tools/jaeger/build.sh
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nodeward/nodeward/agent/ca"
@@ -72,8 +73,9 @@ type Agent struct {
 type Option func(*options)
 
 type options struct {
-	tpm *tpm.TPM
-	ctx context.Context
+	tpm    *tpm.TPM
+	ctx    context.Context
+	tracer trace.Tracer
 }
 
 // WithContext makes New give up when ctx is done (SIGTERM or SIGINT
@@ -84,6 +86,10 @@ func WithContext(ctx context.Context) Option { return func(o *options) { o.ctx =
 // the configured device or address (tests hand in a swtpm they also
 // drive). The caller keeps ownership of tp.
 func WithTPM(tp *tpm.TPM) Option { return func(o *options) { o.tpm = tp } }
+
+// WithTracer makes the Workload API record spans with t (internal/tracing;
+// nil or absent: tracing off).
+func WithTracer(t trace.Tracer) Option { return func(o *options) { o.tracer = t } }
 
 // New validates cfg, loads (or creates) the CA and builds the policy index.
 // With a tpm section it opens the TPM, attests the node and, with ca.key
@@ -228,7 +234,7 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	}
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
 	a.server, err = workloadapi.New(workloadapi.Config{Backend: backend{a: a}, Logger: log, Observer: a.obs, Audit: al, Recorder: recorder{a.inv},
-		Limits: a.limits.server(), Limited: a.limits.limited})
+		Limits: a.limits.server(), Limited: a.limits.limited, Tracer: o.tracer})
 	if err != nil {
 		return nil, err
 	}

@@ -77,7 +77,7 @@ func jwtIssuer(tok string) string {
 // auditDecision writes the record of one token request.
 func (b *Broker) auditDecision(d *decision) {
 	r := audit.Record{Event: "token", Kind: "token", Decision: "allow", Reason: d.reason,
-		DurationMS: float64(time.Since(d.start).Microseconds()) / 1000}
+		DurationMS: float64(time.Since(d.start).Microseconds()) / 1000, TraceID: d.traceID, SpanID: d.spanID}
 	if d.status != 200 {
 		r.Decision = "deny"
 	}

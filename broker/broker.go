@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -44,6 +45,7 @@ type Broker struct {
 	audit     *audit.Logger
 	limiter   *limiter
 	clock     func() time.Time
+	tracer    trace.Tracer // nil: tracing off
 
 	// wg tracks the goroutines Serve starts outside its errgroup (sinks,
 	// on_rotate actions): Serve returns only once they have ended.
@@ -289,7 +291,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	}
 	rt := router{}
 	for name, br := range b.breakers {
-		rt[name] = instrumented{name: name, next: br, m: b.metrics}
+		rt[name] = instrumented{name: name, next: br, m: b.metrics, b: b}
 	}
 	b.limiter = newLimiter(rt, cfg.LimitsConfig(), func(kind string) { b.metrics.RateLimited.WithLabelValues(kind).Inc() })
 	c, err := NewCache(b.limiter, cc)

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -31,6 +33,8 @@ type CacheConfig struct {
 	Pinned func(k Key) bool
 	// OnLookup hears whether each request was a hit.
 	OnLookup func(hit bool)
+	// Tracer records lookup and refresh spans (nil: tracing off).
+	Tracer trace.Tracer
 }
 
 type entry struct {
@@ -41,6 +45,9 @@ type entry struct {
 	failures  int
 	nextTry   time.Time
 	inflight  bool
+	// origin is the span that last fetched tok (tracing on): a background
+	// refresh's own root span links to it.
+	origin trace.SpanContext
 }
 
 // Cache serves tokens from an LRU, makes one upstream call per key for
@@ -110,6 +117,10 @@ func (c *Cache) usable(tok *Token, now time.Time) bool {
 
 // Token returns a cached token, or fetches one (once for concurrent callers).
 func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
+	var span trace.Span
+	if c.cfg.Tracer != nil {
+		_, span = c.cfg.Tracer.Start(ctx, spanLookup, trace.WithAttributes(attrUpstream.String(k.Upstream)))
+	}
 	now := c.now()
 	var seen *Token
 	if e, ok := c.lru.Get(k); ok {
@@ -122,6 +133,10 @@ func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
 			if c.cfg.OnLookup != nil {
 				c.cfg.OnLookup(true)
 			}
+			if span != nil {
+				span.SetAttributes(attrCacheResult.String("hit"))
+				span.End()
+			}
 			markHit(ctx)
 			return tok, nil
 		}
@@ -129,6 +144,14 @@ func (c *Cache) Token(ctx context.Context, k Key) (*Token, error) {
 	}
 	if c.cfg.OnLookup != nil {
 		c.cfg.OnLookup(false)
+	}
+	if span != nil {
+		result := "miss"
+		if seen != nil {
+			result = "stale" // cached, but too close to expiry to serve
+		}
+		span.SetAttributes(attrCacheResult.String(result))
+		span.End() // the upstream exchange is the request's child, not the lookup's
 	}
 	return c.fetch(ctx, k, seen)
 }
@@ -165,6 +188,13 @@ func (c *Cache) fetch(ctx context.Context, k Key, seen *Token) (*Token, error) {
 			return nil, &UpstreamError{Upstream: k.Upstream, Err: errShortLived}
 		}
 		c.store(k, tok)
+		if c.cfg.Tracer != nil {
+			if e, ok := c.lru.Peek(k); ok {
+				e.mu.Lock()
+				e.origin = trace.SpanContextFromContext(ctx)
+				e.mu.Unlock()
+			}
+		}
 		return tok, nil
 	})
 	select {
@@ -276,9 +306,27 @@ func (c *Cache) refresh(ctx context.Context, k Key, e *entry) {
 	}
 	defer func() { <-c.sem }()
 	e.mu.Lock()
-	seen := e.tok
+	seen, origin, failures := e.tok, e.origin, e.failures
 	e.mu.Unlock()
+	var span trace.Span
+	if c.cfg.Tracer != nil {
+		// Its own root: the request that first fetched the token has long
+		// ended; a link leads back to it.
+		opts := []trace.SpanStartOption{trace.WithNewRoot(),
+			trace.WithAttributes(attrUpstream.String(k.Upstream), attrRetryCount.Int(failures))}
+		if origin.IsValid() {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: origin}))
+		}
+		ctx, span = c.cfg.Tracer.Start(context.WithValue(ctx, retryCountKey{}, failures), spanRefresh, opts...)
+	}
 	_, err := c.fetch(ctx, k, seen)
+	if span != nil {
+		if err != nil {
+			span.SetAttributes(attrReason.String(errorReason(err)))
+			span.SetStatus(codes.Error, errorReason(err))
+		}
+		span.End()
+	}
 	now := c.now()
 	e.mu.Lock()
 	e.inflight = false

@@ -12,6 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/nodeward/nodeward/internal/tracing"
 )
 
 // RequestHeader must be "true" on every API request: a browser or an
@@ -36,6 +40,8 @@ type API struct {
 	onDecision func(d *decision)
 	// force serves /v1/breaker/force (game day); nil: not served.
 	force http.HandlerFunc
+	// tracer records a span per request (nil: tracing off).
+	tracer trace.Tracer
 }
 
 // decision is the outcome of one token request, for the audit trail.
@@ -47,6 +53,8 @@ type decision struct {
 	keyKnown bool
 	tok      *Token
 	start    time.Time
+	// traceID and spanID name the request's span (tracing on).
+	traceID, spanID string
 }
 
 type tokenResponse struct {
@@ -122,16 +130,26 @@ func (a *API) now() time.Time {
 
 func (a *API) serveToken(w http.ResponseWriter, r *http.Request) {
 	d := &decision{caller: callerOf(r.Context()), status: http.StatusOK, start: time.Now()}
+	var span trace.Span
+	if a.tracer != nil {
+		r, span = a.startRequest(r)
+		d.traceID, d.spanID = tracing.IDs(r.Context())
+	}
 	a.token(w, r, d)
 	if a.onDecision != nil {
 		a.onDecision(d)
 	}
-	if a.onRequest != nil {
+	if a.onRequest != nil || span != nil {
 		upstream := r.URL.Query().Get("upstream")
 		if _, _, ok := a.tokens(upstream); !ok {
 			upstream = "unknown" // never a caller-chosen label value
 		}
-		a.onRequest(upstream, d.status, time.Since(d.start))
+		if a.onRequest != nil {
+			a.onRequest(upstream, d.status, time.Since(d.start))
+		}
+		if span != nil {
+			endRequest(span, d, upstream)
+		}
 	}
 }
 

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Metrics are the broker's Prometheus metrics (prefix nodeward_broker_).
@@ -78,9 +81,39 @@ type instrumented struct {
 	name string
 	next Source
 	m    *Metrics
+	b    *Broker // its tracer, breakers and upstreams (spans)
 }
 
 func (s instrumented) Token(ctx context.Context, k Key) (*Token, error) {
+	if s.b != nil && s.b.tracer != nil {
+		return s.traced(ctx, k)
+	}
+	return s.token(ctx, k)
+}
+
+// traced is Token inside an upstream exchange span.
+func (s instrumented) traced(ctx context.Context, k Key) (*Token, error) {
+	attrs := []attribute.KeyValue{attrUpstream.String(s.name), attrRetryCount.Int(retryCount(ctx))}
+	if u := s.b.upstreams[s.name]; u != nil {
+		attrs = append(attrs, attrGrant.String(u.cfg.Grant))
+	}
+	if br := s.b.breakers[s.name]; br != nil {
+		attrs = append(attrs, attrBreakerState.String(br.State()))
+	}
+	ctx, span := s.b.tracer.Start(ctx, spanExchange, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	defer span.End()
+	tok, err := s.token(ctx, k)
+	if st := exchangeStatus(err); st != 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", st))
+	}
+	if err != nil {
+		span.SetAttributes(attrReason.String(errorReason(err)))
+		span.SetStatus(codes.Error, errorReason(err)) // a closed set: never the IdP's words
+	}
+	return tok, err
+}
+
+func (s instrumented) token(ctx context.Context, k Key) (*Token, error) {
 	start := time.Now()
 	tok, err := s.next.Token(ctx, k)
 	var un *UnavailableError

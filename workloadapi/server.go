@@ -11,6 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -42,6 +43,7 @@ type Server struct {
 	audit   *audit.Logger
 	rec     IssueRecorder
 	lim     *limiter
+	tracer  trace.Tracer // nil: tracing off
 }
 
 // Config configures a Server.
@@ -54,6 +56,9 @@ type Config struct {
 	Limits   Limits        // zero: unlimited
 	// Limited is told of each call refused by Limits (a Limited* reason).
 	Limited func(reason string)
+	// Tracer records a span per issuing or validating RPC, and per update
+	// a stream sends (nil: tracing off).
+	Tracer trace.Tracer
 }
 
 // New returns a Server.
@@ -68,7 +73,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Observer = nopObserver{}
 	}
 	return &Server{backend: cfg.Backend, log: cfg.Logger, obs: cfg.Observer, audit: cfg.Audit, rec: cfg.Recorder,
-		lim: newLimiter(cfg.Limits, cfg.Limited)}, nil
+		lim: newLimiter(cfg.Limits, cfg.Limited), tracer: cfg.Tracer}, nil
 }
 
 type nopObserver struct{}
@@ -285,9 +290,17 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 		}
 		resp, kept := x509Response(st)
 		if last == nil || !sameX509(last, resp) {
+			sp := s.startSpan(ctx, "FetchX509SVID", "x509")
+			sp.caller(c)
+			sp.set(attrUpdate.Bool(last != nil))
+			for _, sv := range kept {
+				sp.issued(sv.SPIFFEID, sv.EntryID)
+			}
 			if err := stream.Send(resp); err != nil {
+				sp.end(err)
 				return err
 			}
+			sp.end(nil)
 			s.obs.Issued("x509", len(resp.Svids))
 			for _, sv := range kept {
 				if sentSerial[sv.SPIFFEID] == sv.Serial {
@@ -299,8 +312,8 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 				}
 				sentSerial[sv.SPIFFEID] = sv.Serial
 				exp := sv.ExpiresAt
-				s.auditLog(audit.Record{Event: "issue", Decision: "allow", Reason: reason, Kind: "x509", RPC: "FetchX509SVID",
-					SPIFFEID: sv.SPIFFEID, Serial: sv.Serial, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit})
+				s.auditLog(sp.stamp(audit.Record{Event: "issue", Decision: "allow", Reason: reason, Kind: "x509", RPC: "FetchX509SVID",
+					SPIFFEID: sv.SPIFFEID, Serial: sv.Serial, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit}))
 				if s.rec != nil {
 					s.rec.IssuedTo(sv.EntryID, "x509", c.audit)
 				}
@@ -403,7 +416,12 @@ func (s *Server) streamBundles(ctx context.Context, rpc string, bundles func([]s
 			return s.toStatus(rpc, c, err)
 		}
 		if last == nil || !sameBundles(last, b) {
-			if err := send(b); err != nil {
+			sp := s.startSpan(ctx, rpc, "bundle")
+			sp.caller(c)
+			sp.set(attrUpdate.Bool(last != nil))
+			err := send(b)
+			sp.end(err)
+			if err != nil {
 				return err
 			}
 			last = b
@@ -448,7 +466,9 @@ func checkAudience(aud []string) error {
 }
 
 // FetchJWTSVID returns JWT-SVIDs for the requested audience.
-func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (_ *workload.JWTSVIDResponse, rerr error) {
+	sp := s.startSpan(ctx, "FetchJWTSVID", "jwt")
+	defer func() { sp.end(rerr) }()
 	if err := checkAudience(req.Audience); err != nil {
 		return nil, err
 	}
@@ -461,6 +481,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	if err != nil {
 		return nil, err
 	}
+	sp.caller(c)
 	svids, err := s.backend.JWTSVIDs(c.sels, req.SpiffeId, req.Audience)
 	if err == nil {
 		now := time.Now().Round(0)
@@ -484,9 +505,10 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 			hints[sv.Hint] = true
 		}
 		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: sv.SPIFFEID, Svid: sv.Token, Hint: sv.Hint})
+		sp.issued(sv.SPIFFEID, sv.EntryID)
 		exp := sv.ExpiresAt
-		s.auditLog(audit.Record{Event: "issue", Decision: "allow", Kind: "jwt", RPC: "FetchJWTSVID", SPIFFEID: sv.SPIFFEID,
-			Audience: req.Audience, JTI: sv.JTI, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit})
+		s.auditLog(sp.stamp(audit.Record{Event: "issue", Decision: "allow", Kind: "jwt", RPC: "FetchJWTSVID", SPIFFEID: sv.SPIFFEID,
+			Audience: req.Audience, JTI: sv.JTI, ExpiresAt: &exp, EntryID: sv.EntryID, Caller: c.audit}))
 		if s.rec != nil {
 			s.rec.IssuedTo(sv.EntryID, "jwt", c.audit)
 		}
@@ -497,7 +519,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 
 // ValidateJWTSVID validates a JWT-SVID (signature, audience, expiry) against
 // the bundle of its trust domain and returns its SPIFFE ID and claims.
-func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (_ *workload.ValidateJWTSVIDResponse, rerr error) {
+	sp := s.startSpan(ctx, "ValidateJWTSVID", "jwt")
+	defer func() { sp.end(rerr) }()
 	switch {
 	case req.Audience == "":
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
@@ -512,11 +536,12 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	if err != nil {
 		return nil, err
 	}
+	sp.caller(c)
 	id, claims, err := s.backend.ValidateJWTSVID(req.Svid, req.Audience)
 	if err != nil {
 		// A word from a closed set: the validator's message quotes caller text.
-		s.auditLog(audit.Record{Event: "validate", Decision: "deny", Reason: validateReason(err), Kind: "jwt", RPC: "ValidateJWTSVID",
-			Audience: []string{req.Audience}, Caller: c.audit})
+		s.auditLog(sp.stamp(audit.Record{Event: "validate", Decision: "deny", Reason: validateReason(err), Kind: "jwt", RPC: "ValidateJWTSVID",
+			Audience: []string{req.Audience}, Caller: c.audit}))
 		return nil, s.toStatus("ValidateJWTSVID", c, err)
 	}
 	st, err := structpb.NewStruct(claims)
@@ -524,7 +549,8 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 		return nil, s.toStatus("ValidateJWTSVID", c, fmt.Errorf("claims: %w", err))
 	}
 	jti, _ := claims["jti"].(string)
-	s.auditLog(audit.Record{Event: "validate", Decision: "allow", Kind: "jwt", RPC: "ValidateJWTSVID", SPIFFEID: id,
-		Audience: []string{req.Audience}, JTI: jti, Caller: c.audit})
+	sp.issued(id, "")
+	s.auditLog(sp.stamp(audit.Record{Event: "validate", Decision: "allow", Kind: "jwt", RPC: "ValidateJWTSVID", SPIFFEID: id,
+		Audience: []string{req.Audience}, JTI: jti, Caller: c.audit}))
 	return &workload.ValidateJWTSVIDResponse{SpiffeId: id, Claims: st}, nil
 }

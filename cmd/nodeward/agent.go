@@ -57,7 +57,12 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	notify := systemd.NewNotifier(log)
-	a, err := agent.New(cfg, log, agent.WithContext(ctx))
+	tp, flush, err := startTracing(ctx, "nodeward-agent", log)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	a, err := agent.New(cfg, log, agent.WithContext(ctx), agent.WithTracer(tp.Tracer("github.com/nodeward/nodeward/workloadapi")))
 	if err != nil {
 		return err
 	}
@@ -114,6 +119,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		notifyLifecycle(ctx, notify, a.Ready, a.Summary, a.Serving())
 		return serveAgent(ctx)
 	}
+	b.SetTracing(tp)
 	a.AttachStatus(func() any { return b.Status() })
 	b.OnToken(a.RecordBrokerToken)
 	bl, err := takeSocket(socks, systemd.BrokerSocket, "", log)

@@ -40,6 +40,12 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tp, flush, err := startTracing(ctx, "nodeward-broker", log)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	b.SetTracing(tp)
 	bl, err := takeSocket(socks, systemd.BrokerSocket, cfg.Listen, log)
 	if err != nil {
 		return err

@@ -67,6 +67,11 @@ type Record struct {
 	Scope       string `json:"scope,omitempty"`
 	TokenSHA256 string `json:"token_sha256,omitempty"`
 
+	// TraceID and SpanID (lowercase hex, W3C) name the span of the
+	// decision when tracing is on (internal/tracing); empty otherwise.
+	TraceID string `json:"trace_id,omitempty"`
+	SpanID  string `json:"span_id,omitempty"`
+
 	// UID, Count and Since describe an audit_dropped record: Count
 	// records of caller UID (no UID: of several uids) dropped by the rate
 	// limit since Since.

@@ -117,6 +117,8 @@ func appendRecord(b []byte, r *Record, shift uint) []byte {
 	}
 	e.str(`,"scope":`, r.Scope, capName, false)
 	e.str(`,"token_sha256":`, r.TokenSHA256, capID, false)
+	e.str(`,"trace_id":`, r.TraceID, capID, false)
+	e.str(`,"span_id":`, r.SpanID, capID, false)
 	if r.UID != nil {
 		e.b = append(e.b, `,"uid":`...)
 		e.b = strconv.AppendUint(e.b, uint64(*r.UID), 10)

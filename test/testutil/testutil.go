@@ -105,11 +105,17 @@ func StartAgent(t testing.TB, bin, cfg, sock string) *Agent {
 // and stops it with SIGINT when the test ends.
 func StartProcess(t testing.TB, bin, sock string, args ...string) *Agent {
 	t.Helper()
-	a := &Agent{Socket: sock}
-	a.Cmd = exec.Command(bin, args...)
 	// NODEWARD_AGENT_ENV adds space-separated VAR=value pairs to the agent's
 	// environment only (for example GOMAXPROCS=1 in benchmark runs).
-	a.Cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("NODEWARD_AGENT_ENV"))...)
+	return startProcessEnv(t, bin, sock, strings.Fields(os.Getenv("NODEWARD_AGENT_ENV")), args...)
+}
+
+// startProcessEnv is StartProcess with env added to the environment.
+func startProcessEnv(t testing.TB, bin, sock string, env []string, args ...string) *Agent {
+	t.Helper()
+	a := &Agent{Socket: sock}
+	a.Cmd = exec.Command(bin, args...)
+	a.Cmd.Env = append(os.Environ(), env...)
 	a.Cmd.Stderr = lockedWriter{a}
 	a.Cmd.Stdout = lockedWriter{a}
 	if err := a.Cmd.Start(); err != nil {
