@@ -1,0 +1,3 @@
+package ca
+
+func (c *CA) applyRequest() error { return nil }
