@@ -177,6 +177,7 @@ func (c *CA) Advance() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.clock()
+	saved := c.saveAuths()
 	changed := false
 	var errs []error
 	for _, kind := range c.kinds() {
@@ -185,7 +186,10 @@ func (c *CA) Advance() error {
 		errs = append(errs, err)
 	}
 	if changed {
-		errs = append(errs, c.commit())
+		if err := c.commit(); err != nil {
+			c.restoreAuths(saved)
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -365,10 +369,16 @@ func (c *CA) Rotate(kind string) error {
 	if c.ttlOf(kind) <= 0 {
 		return fmt.Errorf("rotate: %w: %s key rotation is off (no ca ttl)", ErrInvalidConfig, kind)
 	}
+	saved := c.saveAuths()
 	if _, err := c.rotateLocked(kind, c.clock()); err != nil {
+		c.restoreAuths(saved)
 		return err
 	}
-	return c.commit()
+	if err := c.commit(); err != nil {
+		c.restoreAuths(saved)
+		return err
+	}
+	return nil
 }
 
 // ErrNotFound: Taint named no retired or prepared authority.
@@ -399,16 +409,41 @@ func (c *CA) Taint(kind, ref string) error {
 		case StateTainted:
 			return nil
 		}
+		saved := c.saveAuths()
 		a.State = StateTainted
 		c.event("taint", a)
-		return c.commit()
+		if err := c.commit(); err != nil {
+			c.restoreAuths(saved)
+			return err
+		}
+		return nil
 	}
 	return fmt.Errorf("taint %s %q: %w", kind, ref, ErrNotFound)
 }
 
+// saveAuths copies the key set so a failed commit can restore it.
+func (c *CA) saveAuths() []authority {
+	out := make([]authority, len(c.auths))
+	for i, a := range c.auths {
+		out[i] = *a
+	}
+	return out
+}
+
+// restoreAuths undoes the in-memory steps since saveAuths: nothing of them
+// reached the journal, so the next pass makes them again.
+func (c *CA) restoreAuths(saved []authority) {
+	c.auths = c.auths[:0:0]
+	for i := range saved {
+		a := saved[i]
+		c.auths = append(c.auths, &a)
+	}
+	c.dropped = nil
+}
+
 // commit writes the journal, publishes a new snapshot (closing the old
 // Changed channel), swaps the active signers and removes dropped keys'
-// files (c.mu held).
+// files (c.mu held). On a failed journal write nothing is published.
 func (c *CA) commit() error {
 	c.sequence++
 	if c.x509TTL > 0 || c.jwtKeyTTL > 0 || len(c.auths) > 0 {
