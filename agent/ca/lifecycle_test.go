@@ -5,8 +5,8 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"math/big"
 	"encoding/hex"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -471,4 +471,3 @@ func TestLifecycleDiskFullKeepsServing(t *testing.T) {
 		t.Fatalf("%d roots after the retried prepare, want 2", len(c.Snapshot().X509))
 	}
 }
-
