@@ -144,6 +144,7 @@ func Default() *Agent {
 		Guardrails:  DefaultGuardrails(),
 		MaxProcs:    defaultMaxProcs(),
 		Limits:      DefaultLimits(),
+		CA:          CA{TTL: Duration(DefaultCATTL), JWTKeyTTL: Duration(DefaultCATTL)},
 	}
 }
 

@@ -132,6 +132,9 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 		}
 		cfg.Entries = append(cfg.Entries, more...)
 	}
+	if err := d.checkCALife(cfg, caNode); err != nil {
+		return nil, err
+	}
 	return cfg, nil
 }
 
