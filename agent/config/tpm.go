@@ -172,8 +172,8 @@ func (d decoder) ca(v *yaml.Node, c *CA) error {
 			return nil
 		},
 		"intermediate_ttl": func(v *yaml.Node) error { return d.duration(v, "ca.intermediate_ttl", &c.IntermediateTTL) },
-		"ttl":         func(v *yaml.Node) error { return d.duration(v, "ca.ttl", &c.TTL) },
-		"jwt_key_ttl": func(v *yaml.Node) error { return d.duration(v, "ca.jwt_key_ttl", &c.JWTKeyTTL) },
+		"ttl":              func(v *yaml.Node) error { return d.duration(v, "ca.ttl", &c.TTL) },
+		"jwt_key_ttl":      func(v *yaml.Node) error { return d.duration(v, "ca.jwt_key_ttl", &c.JWTKeyTTL) },
 	})
 }
 
