@@ -616,7 +616,7 @@ func (c *CA) loadJournal() (found bool, err error) {
 			continue
 		}
 		if active[kind] != 1 {
-			return false, fmt.Errorf("journal %s: %w: %d active %s keys, want 1", path, ErrCorruptFile, active[kind], kind)
+			return false, fmt.Errorf("journal %s: %w: %d active %s keys, want 1 (switched ca.key from tpm to file? move %s aside to migrate the single-key files again)", path, ErrCorruptFile, active[kind], kind, JournalFile)
 		}
 	}
 	c.auths, c.sequence = j.Authorities, j.Sequence

@@ -127,6 +127,9 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 		jwtKeyTTL: cfg.JWTKeyTTL,
 		onEvent:   cfg.OnEvent,
 		tick:      cfg.TickInterval,
+		// Set before the journal is read: it decides whether file-held
+		// roots belong in it.
+		rootSigner: cfg.RootSigner,
 	}
 	if cfg.RootSigner != nil {
 		c.x509TTL = 0
