@@ -391,13 +391,15 @@ var ErrNotFound = errors.New("no such authority")
 func (c *CA) Taint(kind, ref string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ref = strings.ToLower(strings.TrimSpace(ref))
+	ref = strings.TrimSpace(ref)
+	hexRef := strings.TrimPrefix(strings.ReplaceAll(strings.ToLower(ref), ":", ""), "0x")
 	for _, a := range c.auths {
 		if a.Kind != kind {
 			continue
 		}
-		match := strings.ToLower(a.ID) == ref || (kind == KindJWT && a.ID == strings.TrimSpace(ref))
-		if a.cert != nil && a.cert.SerialNumber.Text(16) == strings.TrimPrefix(strings.ReplaceAll(ref, ":", ""), "0x") {
+		// A kid is case-sensitive base64url; root ids and serials are hex.
+		match := a.ID == ref
+		if a.cert != nil && (a.ID == hexRef || a.cert.SerialNumber.Text(16) == strings.TrimLeft(hexRef, "0")) {
 			match = true
 		}
 		if !match {
