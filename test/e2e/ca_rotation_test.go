@@ -184,6 +184,15 @@ func TestCARotationNoFailures(t *testing.T) {
 		t.Fatalf("%d failures over %d handshakes and %d validations through two rotations, first: %v", len(failures), handshake.Load(), validated.Load(), failures[:min(5, len(failures))])
 	}
 	t.Logf("%d handshakes, %d JWT validations, %d roots, %d JWT keys, zero failures", handshake.Load(), validated.Load(), len(roots), len(kids))
+	auditLog, err := os.ReadFile(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []string{`"event":"ca_prepare"`, `"event":"ca_activate"`, `"event":"ca_retire"`} {
+		if !strings.Contains(string(auditLog), ev) {
+			t.Errorf("audit log lacks %s", ev)
+		}
+	}
 
 	// rotate now, then taint the previous root: the open stream's SVID
 	// moves to the new root within seconds.
