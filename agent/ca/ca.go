@@ -1,7 +1,11 @@
-// Package ca is the agent's local certificate authority: an ECDSA P-256 root
-// key and self-signed trust-domain root certificate, and a separate P-256
-// JWT signing key, all persisted in the data directory and reused across
-// restarts. It mints X.509-SVIDs and JWT-SVIDs per the SPIFFE specs.
+// Package ca is the agent's local certificate authority: ECDSA P-256 root
+// keys with self-signed trust-domain root certificates, and separate P-256
+// JWT signing keys, all persisted in the data directory. With Config.KeyTTL
+// and JWTKeyTTL each key goes prepared -> active -> retired (lifecycle.go,
+// docs/keys.md) and the published keys form one atomic BundleSnapshot;
+// without them one root and one JWT key are kept for good. It mints
+// X.509-SVIDs and JWT-SVIDs per the SPIFFE specs, always with the active
+// keys.
 //
 // Security assumptions:
 //   - The data directory is trusted: it is created 0700 and refused when
@@ -13,8 +17,9 @@
 //   - Leaves are signed through an issuer (certificate + crypto.Signer), so
 //     the root key can later live in hardware and sign a short-lived
 //     software intermediate instead, without changing callers.
-//   - A CA is safe for concurrent use; only its issuer changes after
-//     LoadOrCreate (an intermediate rotation swaps it atomically).
+//   - A CA is safe for concurrent use; minting reads the active signers
+//     and the snapshot through atomic pointers, swapped by the lifecycle
+//     (and by an intermediate rotation) only after the new keys are on disk.
 package ca
 
 import (
