@@ -103,6 +103,9 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	caCfg := ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log, JWTIssuer: cfg.JWTIssuer,
 		KeyTTL: time.Duration(cfg.CA.TTL), JWTKeyTTL: time.Duration(cfg.CA.JWTKeyTTL),
 		OnEvent: func(e ca.KeyEvent) { a.caEvent(e) }}
+	if cfg.CA.NoRotate {
+		caCfg.KeyTTL, caCfg.JWTKeyTTL = 0, 0
+	}
 	var (
 		tp      *tpm.TPM
 		ownsTPM bool

@@ -124,6 +124,8 @@ type CA struct {
 	onEvent   func(KeyEvent)
 	auths     []*authority
 	dropped   []*authority // removed from auths; files deleted at commit
+	needNew   []string     // kinds whose active key was removed from disk
+	forgot    bool         // the journal named keys removed from disk
 	sequence  uint64
 	tick      time.Duration
 }

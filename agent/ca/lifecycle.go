@@ -95,8 +95,9 @@ type authority struct {
 	Expires  time.Time `json:"expires"`
 	Migrated bool      `json:"migrated,omitempty"`
 
-	key  *ecdsa.PrivateKey
-	cert *x509.Certificate // x509 only
+	key     *ecdsa.PrivateKey
+	cert    *x509.Certificate // x509 only
+	removed bool              // both files gone at load: forgotten
 }
 
 type journal struct {
@@ -306,6 +307,9 @@ func (c *CA) event(action string, a *authority) {
 // both-or-neither, and returns it in state (not yet journaled).
 func (c *CA) newAuthority(kind string, now time.Time, state string) (*authority, error) {
 	ttl := c.ttlOf(kind)
+	if ttl <= 0 {
+		ttl = defaultRootTTL // rotation off: a key kept for good
+	}
 	a := &authority{Kind: kind, State: state, Start: now}
 	key, keyPEM, err := newKey(kind + " key")
 	if err != nil {
@@ -591,6 +595,16 @@ func (c *CA) loadJournal() (found bool, err error) {
 		}
 		keyPath := filepath.Join(c.dir, a.KeyFile)
 		kd, err := readFile(keyPath, true)
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, perr := os.Lstat(filepath.Join(c.dir, a.PubFile)); perr == nil {
+				return false, missingHalf(c.dir, p, "every SVID or JWT-SVID it signed will stop verifying")
+			}
+			// Both halves removed by the operator: forget the key (a new
+			// one is made when it was the active one).
+			c.log.Warn("CA key named in the journal was removed with its other half: forgetting it", "kind", a.Kind, "id", a.ID, "file", a.KeyFile)
+			a.removed = true
+			continue
+		}
 		if err != nil {
 			return false, fmt.Errorf("key %s (named in %s): %w", a.KeyFile, JournalFile, err)
 		}
@@ -613,8 +627,27 @@ func (c *CA) loadJournal() (found bool, err error) {
 			return false, fmt.Errorf("journal %s: %w: %s does not hold key %s", path, ErrCorruptFile, a.KeyFile, a.ID)
 		}
 	}
+	kept := j.Authorities[:0]
+	removedActive := map[string]bool{}
+	active = map[string]int{}
+	for _, a := range j.Authorities {
+		switch {
+		case a.removed:
+			removedActive[a.Kind] = removedActive[a.Kind] || a.State == StateActive
+			continue
+		case a.State == StateActive:
+			active[a.Kind]++
+		}
+		kept = append(kept, a)
+	}
+	c.forgot = len(kept) != len(j.Authorities)
+	j.Authorities = kept
 	for _, kind := range []string{KindX509, KindJWT} {
 		if kind == KindX509 && c.rootSigner != nil {
+			continue
+		}
+		if active[kind] == 0 && removedActive[kind] {
+			c.needNew = append(c.needNew, kind) // made anew by LoadOrCreate
 			continue
 		}
 		if active[kind] != 1 {

@@ -471,3 +471,34 @@ func TestLifecycleDiskFullKeepsServing(t *testing.T) {
 		t.Fatalf("%d roots after the retried prepare, want 2", len(c.Snapshot().X509))
 	}
 }
+
+// TestLifecycleLostKeyHalf: with a journal, a key file missing beside its
+// other half is refused (restore or remove both); with both removed, a new
+// active key is made in its place.
+func TestLifecycleLostKeyHalf(t *testing.T) {
+	clk := &fakeClock{now: t0}
+	dir := dataDir(t)
+	c := rotatingCA(t, dir, clk, nil)
+	kid := c.JWTKeyID()
+	if err := os.Remove(filepath.Join(dir, JWTKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadOrCreate(Config{TrustDomain: td, Dir: dir, Clock: clk.Now, KeyTTL: lifeTTL, JWTKeyTTL: lifeTTL})
+	if err == nil || !strings.Contains(err.Error(), "restore "+JWTKeyFile) || !strings.Contains(err.Error(), "remove "+JWTPublicKeyFile) {
+		t.Fatalf("lost half: %v", err)
+	}
+	if err := os.Remove(filepath.Join(dir, JWTPublicKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	c2 := rotatingCA(t, dir, clk, nil)
+	if c2.JWTKeyID() == kid || !c2.JWTKeyTainted(kid) {
+		t.Fatal("no new JWT key after both halves were removed")
+	}
+	if _, err := c2.MintJWTSVID(webID, []string{"aud"}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	c3 := rotatingCA(t, dir, clk, nil)
+	if c3.JWTKeyID() != c2.JWTKeyID() {
+		t.Fatal("the new key was not journaled")
+	}
+}

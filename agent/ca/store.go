@@ -182,6 +182,21 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 		c.log.Info("CA keys now rotate: the existing keys are the active ones", "journal", JournalFile)
 		return c, nil
 	}
+	if found && (len(c.needNew) > 0 || c.forgot) {
+		// The operator removed a key pair (both halves) to get a new
+		// key: make it, and write the journal without the removed keys.
+		for _, kind := range c.needNew {
+			if _, err := c.rotateLocked(kind, c.clock()); err != nil {
+				return nil, err
+			}
+			c.log.Warn("created a new CA key in place of the removed one", "kind", kind)
+		}
+		c.needNew = nil
+		if err := c.commit(); err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		return c, nil
+	}
 	if err := c.publish(); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}

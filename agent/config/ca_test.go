@@ -39,6 +39,13 @@ func TestCALifetimes(t *testing.T) {
 	if cfg.CA.TTL != Duration(12*24*time.Hour) {
 		t.Fatalf("default ttl for a 48h SVID: %v, want 12d", cfg.CA.TTL)
 	}
+	cfg, err = Parse("agent.yaml", []byte(entry0+"    x509_ttl: 48h\nca:\n  rotate: false\n  ttl: 1d\n"))
+	if err != nil || !cfg.CA.NoRotate {
+		t.Fatalf("rotate: false: %v", err)
+	}
+	if _, err := Parse("agent.yaml", []byte("ca:\n  rotate: maybe\n")); err == nil {
+		t.Fatal("ca.rotate: maybe accepted")
+	}
 	if _, err := Parse("agent.yaml", []byte("ca:\n  ttl: 0s\n")); err == nil {
 		t.Fatal("ca.ttl 0s accepted")
 	}

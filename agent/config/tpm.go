@@ -67,6 +67,9 @@ type CA struct {
 	// JWTKeyTTL is the life of each JWT signing key (default 7d), at least
 	// CALifeFactor times the longest JWT-SVID ttl of the entries.
 	JWTKeyTTL Duration
+	// NoRotate (`rotate: false`) keeps one root and one JWT key for good,
+	// the behaviour before key rotation (ttl and jwt_key_ttl unused).
+	NoRotate bool
 }
 
 // DefaultCATTL is the default ca.ttl and ca.jwt_key_ttl.
@@ -174,6 +177,14 @@ func (d decoder) ca(v *yaml.Node, c *CA) error {
 		"intermediate_ttl": func(v *yaml.Node) error { return d.duration(v, "ca.intermediate_ttl", &c.IntermediateTTL) },
 		"ttl":              func(v *yaml.Node) error { return d.duration(v, "ca.ttl", &c.TTL) },
 		"jwt_key_ttl":      func(v *yaml.Node) error { return d.duration(v, "ca.jwt_key_ttl", &c.JWTKeyTTL) },
+		"rotate": func(v *yaml.Node) error {
+			rotate := true
+			if err := d.boolean(v, "ca.rotate", &rotate); err != nil {
+				return err
+			}
+			c.NoRotate = !rotate
+			return nil
+		},
 	})
 }
 
@@ -193,6 +204,9 @@ func childNode(n *yaml.Node, key string) *yaml.Node {
 // checkCALife applies the CALifeFactor rule to the entries' TTLs; caNode is
 // the ca section (nil when absent), for the error's line.
 func (d decoder) checkCALife(cfg *Agent, caNode *yaml.Node) error {
+	if cfg.CA.NoRotate {
+		return nil
+	}
 	var maxX, maxJ time.Duration
 	var posX, posJ string
 	for _, e := range cfg.Entries {
