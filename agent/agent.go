@@ -108,7 +108,12 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
 	}
-	caCfg := ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log, JWTIssuer: cfg.JWTIssuer}
+	caCfg := ca.Config{TrustDomain: td, Dir: cfg.DataDir, Logger: log, JWTIssuer: cfg.JWTIssuer,
+		KeyTTL: time.Duration(cfg.CA.TTL), JWTKeyTTL: time.Duration(cfg.CA.JWTKeyTTL),
+		OnEvent: func(e ca.KeyEvent) { a.caEvent(e) }}
+	if cfg.CA.NoRotate {
+		caCfg.KeyTTL, caCfg.JWTKeyTTL = 0, 0
+	}
 	var (
 		tp      *tpm.TPM
 		ownsTPM bool
@@ -203,6 +208,7 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		Name: "nodeward_stale_entries", Help: "Registration entries not issued for guardrails.stale_after (identity inventory).",
 	}, func() float64 { return float64(a.inv.StaleCount()) }))
 	a.obs = &observer{m: a.metrics, audit: al, log: log}
+	a.metrics.Registry.MustRegister(newCACollector(c))
 	dropped := a.metrics.AuditDropped.WithLabelValues("rate_limited")
 	al.SetHooks(audit.Hooks{Lost: a.metrics.AuditErrors.Inc, Dropped: dropped.Inc})
 	a.limits = newLimits(cfg.Limits, a.metrics, log)
@@ -493,6 +499,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	g.Go(func() error { return a.store.Run(ctx) })
 	g.Go(func() error { a.inv.Run(ctx); return nil })
 	g.Go(func() error { a.staleLoop(ctx); return nil })
+	g.Go(func() error { return a.ca.Run(ctx) })
 	if a.node != nil {
 		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate, a.metrics.TPMQuotes); return nil })
 	}

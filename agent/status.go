@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nodeward/nodeward/agent/ca"
 	"github.com/nodeward/nodeward/attestors/selector"
 )
 
@@ -57,6 +58,9 @@ type CAStatus struct {
 	Key                   string     `json:"key"` // file, tpm, or server (fleet mode: the server signs)
 	IntermediateNotAfter  *time.Time `json:"intermediate_not_after,omitempty"`
 	IntermediateRotatesAt *time.Time `json:"intermediate_rotates_at,omitempty"`
+	// Authorities are the CA's keys: kind (x509, jwt), id, state
+	// (prepared, active, retired, tainted) and expiry.
+	Authorities []ca.AuthorityStatus `json:"authorities,omitempty"`
 }
 
 // AttachStatus adds the status of a component that runs inside the agent
@@ -117,6 +121,7 @@ func (a *Agent) Status() Status {
 		na, ra := in.NotAfter, a.ca.NextRotation()
 		st.CA = CAStatus{Key: "tpm", IntermediateNotAfter: &na, IntermediateRotatesAt: &ra}
 	}
+	st.CA.Authorities = a.ca.Authorities()
 	if n := a.node; n != nil {
 		st.Node = &NodeStatus{SPIFFEID: n.id.String(), Selectors: selector.Strings(n.selectors()), PCRs: n.pcrValues(), LastQuote: n.last.Load()}
 	}

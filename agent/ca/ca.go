@@ -1,7 +1,11 @@
-// Package ca is the agent's local certificate authority: an ECDSA P-256 root
-// key and self-signed trust-domain root certificate, and a separate P-256
-// JWT signing key, all persisted in the data directory and reused across
-// restarts. It mints X.509-SVIDs and JWT-SVIDs per the SPIFFE specs.
+// Package ca is the agent's local certificate authority: ECDSA P-256 root
+// keys with self-signed trust-domain root certificates, and separate P-256
+// JWT signing keys, all persisted in the data directory. With Config.KeyTTL
+// and JWTKeyTTL each key goes prepared -> active -> retired (lifecycle.go,
+// docs/keys.md) and the published keys form one atomic BundleSnapshot;
+// without them one root and one JWT key are kept for good. It mints
+// X.509-SVIDs and JWT-SVIDs per the SPIFFE specs, always with the active
+// keys.
 //
 // Security assumptions:
 //   - The data directory is trusted: it is created 0700 and refused when
@@ -13,16 +17,17 @@
 //   - Leaves are signed through an issuer (certificate + crypto.Signer), so
 //     the root key can later live in hardware and sign a short-lived
 //     software intermediate instead, without changing callers.
-//   - A CA is safe for concurrent use; only its issuer changes after
-//     LoadOrCreate (an intermediate rotation swaps it atomically).
+//   - A CA is safe for concurrent use; minting reads the active signers
+//     and the snapshot through atomic pointers, swapped by the lifecycle
+//     (and by an intermediate rotation) only after the new keys are on disk.
 package ca
 
 import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/x509"
-	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,6 +61,21 @@ type Config struct {
 	// IntermediateTTL is the intermediate's lifetime with RootSigner; zero
 	// means 24h. Rotate it at half its life (NextRotation).
 	IntermediateTTL time.Duration
+	// KeyTTL, when set, is the life of each file-held root: the keys go
+	// prepared -> active -> retired (see Run and docs/keys.md), tracked in
+	// JournalFile. Zero keeps one root for good (RootTTL, renewed for the
+	// same key). Ignored for the TPM-held root.
+	KeyTTL time.Duration
+	// JWTKeyTTL, when set, is the life of each JWT signing key, rotated
+	// like the roots. Zero keeps one JWT key for good.
+	JWTKeyTTL time.Duration
+	// OnEvent, when set, receives every lifecycle step (prepare, activate,
+	// retire, drop, taint). It is called with the CA's lifecycle lock held
+	// and must not block or call back into the CA.
+	OnEvent func(KeyEvent)
+	// TickInterval is how often Run checks the clock and the request
+	// file; zero means 1s.
+	TickInterval time.Duration
 }
 
 // issuer signs leaf certificates: today the root itself, later a software
@@ -64,28 +84,50 @@ type issuer struct {
 	cert     *x509.Certificate
 	signer   crypto.Signer
 	rotateAt time.Time // when to replace an intermediate (zero for the root)
+	// notAfter bounds every leaf: the certificate's NotAfter, or earlier
+	// for a migrated long-lived root (its lifecycle expiry).
+	notAfter     time.Time
+	intermediate bool // cert goes into the SVID chain
+}
+
+// jwtSigner is the active JWT signing key.
+type jwtSigner struct {
+	signer   crypto.Signer
+	kid      string
+	header   string    // base64url of the JOSE header, precomputed
+	notAfter time.Time // JWT-SVIDs expire no later (zero: unbounded)
 }
 
 // CA mints SVIDs for one trust domain. It is safe for concurrent use.
 type CA struct {
 	td    spiffeid.TrustDomain
 	clock func() time.Time
+	log   *slog.Logger
 
+	// root is the TPM-held root's certificate (with rootSigner); nil for
+	// file-held keys, whose roots are in the key set.
 	root   *x509.Certificate
 	issuer atomic.Pointer[issuer]
+	jwt    atomic.Pointer[jwtSigner]
+	set    atomic.Pointer[keySet]
 
 	rootSigner      crypto.Signer // set when the root key is external
 	intermediateTTL time.Duration
 
-	jwtKey    *ecdsa.PrivateKey
-	jwtKID    string
-	jwtHeader string // base64url of the JOSE header, precomputed
 	jwtIssuer string
 
-	bundleDER []byte
-	jwks      []byte
-	oidcJWKS  []byte
-	bundle    *spiffebundle.Bundle
+	// Key lifecycle (lifecycle.go); mu guards auths and the journal.
+	mu        sync.Mutex
+	dir       string
+	x509TTL   time.Duration // zero: the X.509 root does not rotate
+	jwtKeyTTL time.Duration // zero: the JWT key does not rotate
+	onEvent   func(KeyEvent)
+	auths     []*authority
+	dropped   []*authority // removed from auths; files deleted at commit
+	needNew   []string     // kinds whose active key was removed from disk
+	forgot    bool         // the journal named keys removed from disk
+	sequence  uint64
+	tick      time.Duration
 }
 
 // X509SVID is a freshly minted X.509-SVID.
@@ -99,57 +141,32 @@ type X509SVID struct {
 // TrustDomain returns the CA's trust domain.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 
-// X509Authorities returns the root certificates of the trust domain. The
-// slice is fresh; the certificates are shared and must not be modified.
-func (c *CA) X509Authorities() []*x509.Certificate { return []*x509.Certificate{c.root} }
+// X509Authorities returns the published root certificates of the trust
+// domain (prepared, active and retired roots). The slice is fresh; the
+// certificates are shared and must not be modified.
+func (c *CA) X509Authorities() []*x509.Certificate {
+	return append([]*x509.Certificate(nil), c.Snapshot().X509...)
+}
 
 // X509BundleDER returns the X.509 bundle as concatenated DER certificates
 // (the Workload API's bundle format). The caller must not modify it.
-func (c *CA) X509BundleDER() []byte { return c.bundleDER }
+func (c *CA) X509BundleDER() []byte { return c.Snapshot().X509DER }
 
 // JWKS returns the JWT bundle as a JWKS document (keys with use
 // "jwt-svid"). The caller must not modify it.
-func (c *CA) JWKS() []byte { return c.jwks }
+func (c *CA) JWKS() []byte { return c.Snapshot().JWKS }
 
 // OIDCJWKS returns the JWT signing keys as a JWKS for OIDC consumers: "use"
 // is "sig" and "alg" ES256, since generic JOSE libraries skip keys with use
 // "jwt-svid". The caller must not modify it.
-func (c *CA) OIDCJWKS() []byte { return c.oidcJWKS }
+func (c *CA) OIDCJWKS() []byte { return c.set.Load().oidcJWKS }
 
 // JWTIssuer returns the configured "iss" of JWT-SVIDs ("" when none).
 func (c *CA) JWTIssuer() string { return c.jwtIssuer }
 
 // Bundle returns the trust domain's bundle with X.509 and JWT authorities,
 // for validating SVIDs with go-spiffe. The caller must not modify it.
-func (c *CA) Bundle() *spiffebundle.Bundle { return c.bundle }
+func (c *CA) Bundle() *spiffebundle.Bundle { return c.Snapshot().Bundle }
 
-// JWTKeyID returns the kid of the JWT signing key.
-func (c *CA) JWTKeyID() string { return c.jwtKID }
-
-// finish precomputes everything derived from the keys and the root: the
-// bundle forms and the JWT header.
-func (c *CA) finish() error {
-	c.bundleDER = append([]byte(nil), c.root.Raw...)
-	pub := &c.jwtKey.PublicKey
-	kid, err := keyID(pub)
-	if err != nil {
-		return err
-	}
-	c.jwtKID = kid
-	if c.jwtHeader, err = jwtHeader(kid); err != nil {
-		return err
-	}
-	if c.jwks, err = jwks(pub, kid, "jwt-svid", ""); err != nil {
-		return err
-	}
-	if c.oidcJWKS, err = jwks(pub, kid, "sig", "ES256"); err != nil {
-		return err
-	}
-	b := spiffebundle.New(c.td)
-	b.AddX509Authority(c.root)
-	if err := b.AddJWTAuthority(kid, pub); err != nil {
-		return fmt.Errorf("bundle: %w", err)
-	}
-	c.bundle = b
-	return nil
-}
+// JWTKeyID returns the kid of the active JWT signing key.
+func (c *CA) JWTKeyID() string { return c.jwt.Load().kid }

@@ -66,7 +66,7 @@ func (c *CA) RotateIntermediate() error {
 	}
 	// Half its life, counted from now: NotBefore is backdated for clock
 	// skew, and counting from it would rotate at once for short lifetimes.
-	c.issuer.Store(&issuer{cert: cert, signer: key, rotateAt: now.Add(notAfter.Sub(now) / 2)})
+	c.issuer.Store(&issuer{cert: cert, signer: key, rotateAt: now.Add(notAfter.Sub(now) / 2), notAfter: cert.NotAfter, intermediate: true})
 	return nil
 }
 
@@ -92,7 +92,11 @@ func (c *CA) Intermediate() *x509.Certificate {
 // TPM-signed intermediate has less than MinLeafLife left (it could not be
 // renewed in time, e.g. the TPM hangs). A file-held root always can.
 func (c *CA) CanIssue() bool {
-	return c.issuer.Load().cert.NotAfter.Sub(c.clock()) >= c.minLeafLife()
+	now := c.clock()
+	if j := c.jwt.Load(); j != nil && !j.notAfter.IsZero() && j.notAfter.Sub(now) < c.minLeafLife() {
+		return false
+	}
+	return c.issuer.Load().notAfter.Sub(now) >= c.minLeafLife()
 }
 
 // minLeafLife is MinLeafLife, or a quarter of a shorter intermediate

@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -60,13 +62,21 @@ func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (
 		return nil, fmt.Errorf("mint JWT-SVID: jti: %w", err)
 	}
 	jti := hex.EncodeToString(jtiRaw[:])
+	js := c.jwt.Load()
 	now := c.clock()
 	exp := now.Add(ttl).Truncate(time.Second)
+	if !js.notAfter.IsZero() && exp.After(js.notAfter) {
+		// The key is dropped from the bundle at its lifecycle expiry.
+		exp = js.notAfter.Truncate(time.Second)
+		if exp.Sub(now) < min(c.minLeafLife(), ttl) {
+			return nil, fmt.Errorf("mint JWT-SVID for %s: %w (JWT key not after %s)", id, ErrIssuerExpiring, js.notAfter.UTC().Format(time.RFC3339))
+		}
+	}
 	payload, err := json.Marshal(jwtClaims{Iss: c.jwtIssuer, Sub: id.String(), Aud: audience, Exp: exp.Unix(), Iat: now.Unix(), JTI: jti})
 	if err != nil {
 		return nil, fmt.Errorf("mint JWT-SVID: claims: %w", err)
 	}
-	token, err := c.signJWS(payload)
+	token, err := signJWS(js, payload)
 	if err != nil {
 		return nil, fmt.Errorf("mint JWT-SVID for %s: %w", id, err)
 	}
@@ -76,20 +86,29 @@ func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (
 // signJWS returns header.payload.signature with the precomputed header and
 // an ES256 signature: r and s as fixed 32-byte big-endian integers (RFC 7518
 // section 3.4), not ASN.1.
-func (c *CA) signJWS(payload []byte) (string, error) {
+//
+// The signature goes through a crypto.Signer (an ASN.1 ECDSA signature,
+// converted), so a key held in a device can sign JWT-SVIDs too.
+func signJWS(js *jwtSigner, payload []byte) (string, error) {
 	enc := base64.RawURLEncoding
-	buf := make([]byte, 0, len(c.jwtHeader)+1+enc.EncodedLen(len(payload))+1+enc.EncodedLen(64))
-	buf = append(buf, c.jwtHeader...)
+	buf := make([]byte, 0, len(js.header)+1+enc.EncodedLen(len(payload))+1+enc.EncodedLen(64))
+	buf = append(buf, js.header...)
 	buf = append(buf, '.')
 	buf = enc.AppendEncode(buf, payload)
 	digest := sha256.Sum256(buf)
-	r, s, err := ecdsa.Sign(rand.Reader, c.jwtKey, digest[:])
+	der, err := js.signer.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
 		return "", fmt.Errorf("sign: %w", err)
 	}
+	var rs struct{ R, S *big.Int }
+	rest, err := asn1.Unmarshal(der, &rs)
+	if err != nil || len(rest) != 0 || rs.R == nil || rs.S == nil ||
+		rs.R.Sign() <= 0 || rs.S.Sign() <= 0 || rs.R.BitLen() > 256 || rs.S.BitLen() > 256 {
+		return "", fmt.Errorf("sign: %w: the signer returned a malformed ECDSA signature", ErrCorruptFile)
+	}
 	var sig [64]byte
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
+	rs.R.FillBytes(sig[:32])
+	rs.S.FillBytes(sig[32:])
 	buf = append(buf, '.')
 	buf = enc.AppendEncode(buf, sig[:])
 	return string(buf), nil
@@ -130,21 +149,15 @@ type jwk struct {
 	Alg string `json:"alg,omitempty"`
 }
 
-// jwks renders pub as a one-key JWKS document.
-func jwks(pub *ecdsa.PublicKey, kid, use, alg string) ([]byte, error) {
+// jwkOf renders pub as one JWK.
+func jwkOf(pub *ecdsa.PublicKey, kid, use, alg string) (jwk, error) {
 	raw, err := pub.Bytes() // uncompressed point: 0x04 || X || Y
 	if err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
+		return jwk{}, fmt.Errorf("jwks: %w", err)
 	}
 	if len(raw) != 65 {
-		return nil, fmt.Errorf("jwks: %w: JWT key is not a P-256 key", ErrCorruptFile)
+		return jwk{}, fmt.Errorf("jwks: %w: JWT key is not a P-256 key", ErrCorruptFile)
 	}
 	enc := base64.RawURLEncoding
-	doc, err := json.Marshal(struct {
-		Keys []jwk `json:"keys"`
-	}{[]jwk{{Kty: "EC", Crv: "P-256", X: enc.EncodeToString(raw[1:33]), Y: enc.EncodeToString(raw[33:65]), Kid: kid, Use: use, Alg: alg}}})
-	if err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
-	}
-	return doc, nil
+	return jwk{Kty: "EC", Crv: "P-256", X: enc.EncodeToString(raw[1:33]), Y: enc.EncodeToString(raw[33:65]), Kid: kid, Use: use, Alg: alg}, nil
 }

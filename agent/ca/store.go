@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -59,7 +60,7 @@ var (
 // dataFiles are the names whose leftover temporary files are removed at
 // start.
 var dataFiles = []string{
-	RootKeyFile, RootCertFile, TPMRootCertFile, JWTKeyFile, JWTPublicKeyFile,
+	RootKeyFile, RootCertFile, TPMRootCertFile, JWTKeyFile, JWTPublicKeyFile, JournalFile,
 	RootKeyFile + pendingSuffix, RootCertFile + pendingSuffix,
 	JWTKeyFile + pendingSuffix, JWTPublicKeyFile + pendingSuffix,
 }
@@ -110,33 +111,47 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	var rootKey crypto.Signer = cfg.RootSigner
-	var root *x509.Certificate
-	if rootKey == nil {
-		k, r, err := loadOrCreateRootPair(cfg)
-		if err != nil {
-			return nil, err
-		}
-		rootKey, root = k, r
+	if cfg.KeyTTL < 0 || cfg.JWTKeyTTL < 0 {
+		return nil, fmt.Errorf("ca: %w: negative key ttl", ErrInvalidConfig)
 	}
-	jwtKey, err := loadOrCreateJWTKey(cfg.Dir, cfg.Logger)
-	if err != nil {
-		return nil, err
-	}
-	if root == nil {
-		if root, err = loadOrCreateRoot(cfg, rootKey, TPMRootCertFile); err != nil {
-			return nil, err
-		}
+	if cfg.KeyTTL > 0 && cfg.RootSigner == nil {
+		cfg.RootTTL = cfg.KeyTTL
 	}
 	c := &CA{
 		td:        cfg.TrustDomain,
 		clock:     cfg.Clock,
-		root:      root,
-		jwtKey:    jwtKey,
+		log:       cfg.Logger,
 		jwtIssuer: cfg.JWTIssuer,
+		dir:       cfg.Dir,
+		x509TTL:   cfg.KeyTTL,
+		jwtKeyTTL: cfg.JWTKeyTTL,
+		onEvent:   cfg.OnEvent,
+		tick:      cfg.TickInterval,
+		// Set before the journal is read: it decides whether file-held
+		// roots belong in it.
+		rootSigner: cfg.RootSigner,
 	}
-	c.issuer.Store(&issuer{cert: root, signer: rootKey})
 	if cfg.RootSigner != nil {
+		c.x509TTL = 0
+	}
+	if c.tick <= 0 {
+		c.tick = time.Second
+	}
+	found, err := c.loadJournal()
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		if err := c.loadLegacy(cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.RootSigner != nil {
+		root, err := loadOrCreateRoot(cfg, cfg.RootSigner, TPMRootCertFile)
+		if err != nil {
+			return nil, err
+		}
+		c.root = root
 		c.rootSigner = cfg.RootSigner
 		c.intermediateTTL = cfg.IntermediateTTL
 		if c.intermediateTTL <= 0 {
@@ -146,10 +161,70 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 			return nil, err
 		}
 	}
-	if err := c.finish(); err != nil {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !found && (c.x509TTL > 0 || c.jwtKeyTTL > 0) {
+		// Migrate the single-key layout in place: its keys are the
+		// active ones, their life counted from now (a long-lived root
+		// is cut to the configured ttl: leaves are clamped to it).
+		now := c.clock()
+		for _, a := range c.auths {
+			if ttl := c.ttlOf(a.Kind); ttl > 0 {
+				a.Start, a.Expires, a.Migrated = now, now.Add(ttl), true
+				if a.cert != nil {
+					a.Expires = minTime(a.Expires, a.cert.NotAfter)
+				}
+			}
+		}
+		if err := c.commit(); err != nil {
+			return nil, fmt.Errorf("ca: migrate to %s: %w", JournalFile, err)
+		}
+		c.log.Info("CA keys now rotate: the existing keys are the active ones", "journal", JournalFile)
+		return c, nil
+	}
+	if found && (len(c.needNew) > 0 || c.forgot) {
+		// The operator removed a key pair (both halves) to get a new
+		// key: make it, and write the journal without the removed keys.
+		for _, kind := range c.needNew {
+			if _, err := c.rotateLocked(kind, c.clock()); err != nil {
+				return nil, err
+			}
+			c.log.Warn("created a new CA key in place of the removed one", "kind", kind)
+		}
+		c.needNew = nil
+		if err := c.commit(); err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		return c, nil
+	}
+	if err := c.publish(); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
 	return c, nil
+}
+
+// loadLegacy loads (or creates) the single-key layout: ca_key.pem and
+// ca_cert.pem (unless the root is TPM-held) and jwt_key.pem, as the active
+// authorities.
+func (c *CA) loadLegacy(cfg Config) error {
+	if cfg.RootSigner == nil {
+		k, r, err := loadOrCreateRootPair(cfg)
+		if err != nil {
+			return err
+		}
+		c.auths = append(c.auths, &authority{Kind: KindX509, ID: hex.EncodeToString(r.SubjectKeyId), State: StateActive,
+			KeyFile: RootKeyFile, PubFile: RootCertFile, Start: r.NotBefore, Expires: r.NotAfter, key: k, cert: r})
+	}
+	jwtKey, err := loadOrCreateJWTKey(cfg.Dir, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	kid, err := keyID(&jwtKey.PublicKey)
+	if err != nil {
+		return err
+	}
+	c.auths = append(c.auths, &authority{Kind: KindJWT, ID: kid, State: StateActive, KeyFile: JWTKeyFile, PubFile: JWTPublicKeyFile, key: jwtKey})
+	return nil
 }
 
 // ensureDir creates dir 0700, or checks an existing one; either way the

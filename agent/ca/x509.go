@@ -68,11 +68,11 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 	iss := c.issuer.Load()
 	now := c.clock()
 	notAfter := now.Add(ttl)
-	if notAfter.After(iss.cert.NotAfter) {
-		notAfter = iss.cert.NotAfter
+	if notAfter.After(iss.notAfter) {
+		notAfter = iss.notAfter
 	}
 	if notAfter.Sub(now) < min(c.minLeafLife(), ttl) {
-		return nil, fmt.Errorf("mint X.509-SVID for %s: %w (issuer not after %s)", id, ErrIssuerExpiring, iss.cert.NotAfter.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("mint X.509-SVID for %s: %w (issuer not after %s)", id, ErrIssuerExpiring, iss.notAfter.UTC().Format(time.RFC3339))
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
@@ -98,7 +98,7 @@ func (c *CA) MintX509SVID(id spiffeid.ID, dnsNames []string, ttl time.Duration) 
 		return nil, fmt.Errorf("mint X.509-SVID for %s: parse: %w", id, err)
 	}
 	chain := []*x509.Certificate{leaf}
-	if iss.cert != c.root {
+	if iss.intermediate {
 		chain = append(chain, iss.cert)
 	}
 	return &X509SVID{ID: id, Certificates: chain, PrivateKey: key, KeyDER: keyDER}, nil

@@ -157,6 +157,7 @@ func Default() *Agent {
 		Guardrails:  DefaultGuardrails(),
 		MaxProcs:    defaultMaxProcs(),
 		Limits:      DefaultLimits(),
+		CA:          CA{TTL: Duration(DefaultCATTL), JWTKeyTTL: Duration(DefaultCATTL)},
 	}
 }
 

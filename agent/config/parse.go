@@ -166,6 +166,9 @@ func parse(name string, data []byte, read func(string) ([]byte, error)) (*Agent,
 	if err := checkFederatesWith(cfg.Entries, cfg.Federation); err != nil {
 		return nil, err
 	}
+	if err := d.checkCALife(cfg, caNode); err != nil {
+		return nil, err
+	}
 	return cfg, nil
 }
 

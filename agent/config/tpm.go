@@ -59,7 +59,26 @@ type CA struct {
 	TPMHandle uint32
 	// IntermediateTTL is the intermediate's lifetime with key: tpm (default 24h).
 	IntermediateTTL Duration
+	// TTL is the life of each file-held root (default 7d): the next root
+	// is prepared at half of it and activated at 5/6 (docs/keys.md). It
+	// must be at least CALifeFactor times the longest X.509-SVID ttl of the
+	// entries. Not used with key: tpm (the TPM root is not auto-rotated).
+	TTL Duration
+	// JWTKeyTTL is the life of each JWT signing key (default 7d), at least
+	// CALifeFactor times the longest JWT-SVID ttl of the entries.
+	JWTKeyTTL Duration
+	// NoRotate (`rotate: false`) keeps one root and one JWT key for good,
+	// the behaviour before key rotation (ttl and jwt_key_ttl unused).
+	NoRotate bool
 }
+
+// DefaultCATTL is the default ca.ttl and ca.jwt_key_ttl.
+const DefaultCATTL = 7 * 24 * time.Hour
+
+// CALifeFactor: a key's life must be at least this many times the longest
+// SVID ttl it signs, since it is replaced at 5/6 of its life and SVIDs are
+// cut at its expiry.
+const CALifeFactor = 6
 
 func (d decoder) tpm(v *yaml.Node, dst **TPM) error {
 	if v.Kind != yaml.MappingNode {
@@ -156,5 +175,70 @@ func (d decoder) ca(v *yaml.Node, c *CA) error {
 			return nil
 		},
 		"intermediate_ttl": func(v *yaml.Node) error { return d.duration(v, "ca.intermediate_ttl", &c.IntermediateTTL) },
+		"ttl":              func(v *yaml.Node) error { return d.duration(v, "ca.ttl", &c.TTL) },
+		"jwt_key_ttl":      func(v *yaml.Node) error { return d.duration(v, "ca.jwt_key_ttl", &c.JWTKeyTTL) },
+		"rotate": func(v *yaml.Node) error {
+			rotate := true
+			if err := d.boolean(v, "ca.rotate", &rotate); err != nil {
+				return err
+			}
+			c.NoRotate = !rotate
+			return nil
+		},
 	})
+}
+
+// childNode is the value of key in mapping n (nil when absent).
+func childNode(n *yaml.Node, key string) *yaml.Node {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// checkCALife applies the CALifeFactor rule to the entries' TTLs; caNode is
+// the ca section (nil when absent), for the error's line.
+func (d decoder) checkCALife(cfg *Agent, caNode *yaml.Node) error {
+	if cfg.CA.NoRotate {
+		return nil
+	}
+	var maxX, maxJ time.Duration
+	var posX, posJ string
+	for _, e := range cfg.Entries {
+		x, j := time.Duration(e.X509TTL), time.Duration(e.JWTTTL)
+		if x == 0 {
+			x = DefaultX509TTL
+		}
+		if j == 0 {
+			j = DefaultJWTTTL
+		}
+		if x > maxX {
+			maxX, posX = x, e.Pos
+		}
+		if j > maxJ {
+			maxJ, posJ = j, e.Pos
+		}
+	}
+	// Without an explicit ttl the default grows to fit the entries (at
+	// most MaxTTL): long SVID ttls are a choice made in the entries.
+	if childNode(caNode, "ttl") == nil && time.Duration(cfg.CA.TTL) < CALifeFactor*maxX {
+		cfg.CA.TTL = Duration(min(CALifeFactor*maxX, MaxTTL))
+	}
+	if childNode(caNode, "jwt_key_ttl") == nil && time.Duration(cfg.CA.JWTKeyTTL) < CALifeFactor*maxJ {
+		cfg.CA.JWTKeyTTL = Duration(min(CALifeFactor*maxJ, MaxTTL))
+	}
+	if cfg.CA.Key != "tpm" && childNode(caNode, "ttl") != nil && time.Duration(cfg.CA.TTL) < CALifeFactor*maxX {
+		return d.errf(childNode(caNode, "ttl"), "ca.ttl", "%s is less than %d x the longest X.509-SVID ttl (%s, entry at %s): a root is replaced at 5/6 of its life and SVIDs are cut at its expiry; raise ca.ttl to at least %s or shorten the ttl",
+			time.Duration(cfg.CA.TTL), CALifeFactor, maxX, posX, CALifeFactor*maxX)
+	}
+	if childNode(caNode, "jwt_key_ttl") != nil && time.Duration(cfg.CA.JWTKeyTTL) < CALifeFactor*maxJ {
+		return d.errf(childNode(caNode, "jwt_key_ttl"), "ca.jwt_key_ttl", "%s is less than %d x the longest JWT-SVID ttl (%s, entry at %s): a JWT key is replaced at 5/6 of its life and JWT-SVIDs are cut at its expiry; raise ca.jwt_key_ttl to at least %s or shorten the ttl",
+			time.Duration(cfg.CA.JWTKeyTTL), CALifeFactor, maxJ, posJ, CALifeFactor*maxJ)
+	}
+	return nil
 }

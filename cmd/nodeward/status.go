@@ -117,6 +117,13 @@ func printAgentStatus(stdout io.Writer, st *agent.Status) error {
 		ca = fmt.Sprintf("tpm (intermediate until %s, rotates %s)", st.CA.IntermediateNotAfter.UTC().Format(time.RFC3339), st.CA.IntermediateRotatesAt.UTC().Format(time.RFC3339))
 	}
 	fmt.Fprintf(stdout, "ca key:       %s\n", ca)
+	for _, au := range st.CA.Authorities {
+		exp := "-"
+		if !au.Expires.IsZero() {
+			exp = au.Expires.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(stdout, "ca %-4s      %-8s %s (expires %s)\n", au.Kind, au.State, au.ID, exp)
+	}
 	var streams []string
 	for rpc, n := range st.Streams {
 		streams = append(streams, fmt.Sprintf("%s=%d", rpc, n))

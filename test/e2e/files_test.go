@@ -345,7 +345,7 @@ func TestKeyPairDiskFull(t *testing.T) {
 	resizeTmpfs(t, mnt, 64<<10)
 	runOnce(t, cfg, sock)
 	got := strings.Join(names(t, mnt), " ")
-	if got != "ca_cert.pem ca_key.pem jwt_key.pem jwt_pub.pem" {
+	if got != "ca_cert.pem ca_key.pem ca_keys.json jwt_key.pem jwt_pub.pem" {
 		t.Fatalf("data dir holds %s", got)
 	}
 }
@@ -363,8 +363,10 @@ func TestRootRenewalDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The root renewal for the same key is the behaviour without key
+	// rotation (docs/keys.md); with it, roots are replaced instead.
 	cfg := fileConfig(t, dir, "agent.yaml", mnt, sock, fmt.Sprintf(
-		"entries:\n  - spiffe_id: spiffe://example.org/test\n    selectors: [unix:uid:%d, \"unix:path:%s\"]\n", os.Geteuid(), self))
+		"ca:\n  rotate: false\nentries:\n  - spiffe_id: spiffe://example.org/test\n    selectors: [unix:uid:%d, \"unix:path:%s\"]\n", os.Geteuid(), self))
 	runOnce(t, cfg, sock)
 	oldCert := agingRoot(t, mnt)
 	oldKey, err := os.ReadFile(filepath.Join(mnt, "ca_key.pem"))
