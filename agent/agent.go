@@ -208,7 +208,9 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 		Name: "nodeward_stale_entries", Help: "Registration entries not issued for guardrails.stale_after (identity inventory).",
 	}, func() float64 { return float64(a.inv.StaleCount()) }))
 	a.obs = &observer{m: a.metrics, audit: al, log: log}
-	a.metrics.Registry.MustRegister(newCACollector(c))
+	if c != nil {
+		a.metrics.Registry.MustRegister(newCACollector(c))
+	}
 	dropped := a.metrics.AuditDropped.WithLabelValues("rate_limited")
 	al.SetHooks(audit.Hooks{Lost: a.metrics.AuditErrors.Inc, Dropped: dropped.Inc})
 	a.limits = newLimits(cfg.Limits, a.metrics, log)
@@ -499,7 +501,12 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	g.Go(func() error { return a.store.Run(ctx) })
 	g.Go(func() error { a.inv.Run(ctx); return nil })
 	g.Go(func() error { a.staleLoop(ctx); return nil })
-	g.Go(func() error { return a.ca.Run(ctx) })
+	if a.ca != nil {
+		g.Go(func() error { return a.ca.Run(ctx) })
+	}
+	if ls, ok := a.store.Source().(*identity.LocalSource); ok {
+		g.Go(func() error { return ls.Run(ctx) })
+	}
 	if a.node != nil {
 		g.Go(func() error { a.node.run(ctx, a.store.Reevaluate, a.metrics.TPMQuotes); return nil })
 	}

@@ -121,7 +121,9 @@ func (a *Agent) Status() Status {
 		na, ra := in.NotAfter, a.ca.NextRotation()
 		st.CA = CAStatus{Key: "tpm", IntermediateNotAfter: &na, IntermediateRotatesAt: &ra}
 	}
-	st.CA.Authorities = a.ca.Authorities()
+	if a.ca != nil {
+		st.CA.Authorities = a.ca.Authorities()
+	}
 	if n := a.node; n != nil {
 		st.Node = &NodeStatus{SPIFFEID: n.id.String(), Selectors: selector.Strings(n.selectors()), PCRs: n.pcrValues(), LastQuote: n.last.Load()}
 	}

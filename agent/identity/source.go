@@ -123,35 +123,76 @@ func encodeBundle(b *spiffebundle.Bundle) ([]byte, []byte, error) {
 	return der, jwks, nil
 }
 
-// LocalSource mints with the node's own CA (standalone mode); the bundles
-// of federated trust domains are handed to it (SetFederated).
+// LocalSource mints with the node's own CA (standalone mode): its bundle
+// follows the CA's key lifecycle (Run), and the bundles of federated trust
+// domains are handed to it (SetFederated).
 type LocalSource struct {
 	ca      *ca.CA
 	bundles atomic.Pointer[Bundles]
 
 	mu      sync.Mutex
 	changed chan struct{}
+	feds    map[spiffeid.TrustDomain]*spiffebundle.Bundle
 }
+
+var (
+	_ Staler    = (*LocalSource)(nil)
+	_ JWTStaler = (*LocalSource)(nil)
+)
 
 var _ Source = (*LocalSource)(nil)
 
 // NewLocalSource returns a Source backed by c.
 func NewLocalSource(c *ca.CA) (*LocalSource, error) {
-	b := &Bundles{Own: c.Bundle(), OwnX509DER: c.X509BundleDER(), OwnJWKS: c.JWKS(),
-		Federated: map[spiffeid.TrustDomain]*FederatedBundle{}, Set: spiffebundle.NewSet(c.Bundle())}
 	l := &LocalSource{ca: c, changed: make(chan struct{})}
-	l.bundles.Store(b)
+	if err := l.publish(nil, false); err != nil {
+		return nil, err
+	}
 	return l, nil
 }
+
+// Run follows the CA's key lifecycle until ctx is done: every new bundle
+// snapshot (a prepared, retired or tainted key) is published.
+func (l *LocalSource) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-l.ca.Changed():
+			if err := l.publish(nil, true); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// StaleX509 implements Staler: the CA tainted (or dropped) the authority
+// that signed chain.
+func (l *LocalSource) StaleX509(chain []*x509.Certificate) bool { return l.ca.Tainted(chain) }
+
+// StaleJWTKey implements JWTStaler.
+func (l *LocalSource) StaleJWTKey(kid string) bool { return l.ca.JWTKeyTainted(kid) }
 
 // SetFederated publishes the federated trust domains' bundles (from the
 // federation fetcher) next to the CA's own, and wakes the store.
 func (l *LocalSource) SetFederated(feds map[spiffeid.TrustDomain]*spiffebundle.Bundle) error {
-	cur := l.bundles.Load()
-	b := &Bundles{Own: cur.Own, OwnX509DER: cur.OwnX509DER, OwnJWKS: cur.OwnJWKS,
-		Federated: make(map[spiffeid.TrustDomain]*FederatedBundle, len(feds)), Set: spiffebundle.NewSet(cur.Own)}
+	return l.publish(feds, false)
+}
+
+// publish builds the view from the CA's current snapshot and feds (the
+// current ones with keep), and wakes the store. Publishes are serialized,
+// so a later one never loses to an earlier one.
+func (l *LocalSource) publish(feds map[spiffeid.TrustDomain]*spiffebundle.Bundle, keep bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if keep {
+		feds = l.feds
+	}
+	snap := l.ca.Snapshot()
+	b := &Bundles{Own: snap.Bundle, OwnX509DER: snap.X509DER, OwnJWKS: snap.JWKS,
+		Federated: make(map[spiffeid.TrustDomain]*FederatedBundle, len(feds)), Set: spiffebundle.NewSet(snap.Bundle)}
 	for td, fb := range feds {
-		if td == cur.Own.TrustDomain() {
+		if td == snap.Bundle.TrustDomain() {
 			return fmt.Errorf("federated bundle for the own trust domain %s", td)
 		}
 		der, jwks, err := encodeBundle(fb)
@@ -161,11 +202,10 @@ func (l *LocalSource) SetFederated(feds map[spiffeid.TrustDomain]*spiffebundle.B
 		b.Federated[td] = &FederatedBundle{Bundle: fb, X509DER: der, JWKS: jwks}
 		b.Set.Add(fb)
 	}
-	l.mu.Lock()
+	l.feds = feds
 	l.bundles.Store(b)
 	close(l.changed)
 	l.changed = make(chan struct{})
-	l.mu.Unlock()
 	return nil
 }
 
