@@ -125,7 +125,14 @@ func TestJoinTokenNode(t *testing.T) {
 
 	mine := s.EntryCreate(spiretest.Entry{ParentID: nodeID, SPIFFEID: s.ID("/web"), Selectors: []string{"unix:uid:1000"}, Hint: "web"})
 	other := s.EntryCreate(spiretest.Entry{ParentID: s.ID("/node/other"), SPIFFEID: s.ID("/db"), Selectors: []string{"unix:uid:1001"}})
-	es := pollEntries(t, c2, func(es []fleet.Entry) bool { return len(es) >= 1 })
+	es := pollEntries(t, c2, func(es []fleet.Entry) bool {
+		for _, e := range es {
+			if e.ID == mine {
+				return true
+			}
+		}
+		return false
+	})
 	for _, e := range es {
 		if e.ID == other {
 			t.Fatal("the server sent another node's entry")

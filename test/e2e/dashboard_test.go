@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/nodeward/nodeward/test/spire"
 	"github.com/nodeward/nodeward/test/testutil"
 )
 
@@ -116,7 +117,7 @@ func checkQuery(t *testing.T, where, expr string, have exported, rules map[strin
 // broker, after real traffic (SVIDs, tokens, a refused upstream call, a
 // background refresh), and checks that every query of the Grafana dashboard
 // and every SLO recording rule and alert names metrics and labels that the
-// binaries really export.
+// binaries really export (a fleet-mode agent included).
 func TestDashboardQueriesMatchExportedMetrics(t *testing.T) {
 	e := testutil.StartBrokerEnv(t, bin, 3)
 	if a := e.Token(t, "upstream=corp&audience=api"); a.Status != http.StatusOK {
@@ -158,6 +159,12 @@ func TestDashboardQueriesMatchExportedMetrics(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+
+	// A fleet-mode agent (joined to a real spire-server) exports the
+	// server sync metrics the fleet alerts use.
+	s := spire.Start(t, spire.Options{TrustDomain: "dash.test"})
+	fleet := startFleetNode(t, s, "dash")
+	scrapeFamilies(t, "http://"+fleet.admin+"/metrics", have)
 
 	root, err := filepath.Abs("../..")
 	if err != nil {
