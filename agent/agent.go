@@ -55,6 +55,7 @@ type Agent struct {
 	limits      *limitsState
 	fleet       *fleetMode      // nil in standalone mode
 	federation  *federationMode // nil without a federation section
+	susp        suspensions     // game day: entries taken away for now
 	node        *node           // nil without a tpm section
 	tpm         *tpm.TPM        // the TPM, when configured
 	ownsTPM     bool            // opened by New (closed when Serve ends)
@@ -501,6 +502,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	g.Go(func() error { return a.store.Run(ctx) })
 	g.Go(func() error { a.inv.Run(ctx); return nil })
 	g.Go(func() error { a.staleLoop(ctx); return nil })
+	g.Go(func() error { a.suspendLoop(ctx); return nil })
 	if a.ca != nil {
 		g.Go(func() error { return a.ca.Run(ctx) })
 	}

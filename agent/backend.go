@@ -136,6 +136,9 @@ func (b backend) match(sels []selector.Selector) ([]*policy.Entry, error) {
 	if err == nil && b.a.config().Guardrails.DisableStale {
 		entries = b.a.enabled(entries)
 	}
+	if err == nil {
+		entries = b.a.unsuspended(entries)
+	}
 	if err != nil || len(entries) == 0 {
 		b.a.log.Info("denied: no matching entry", "selectors", len(sels))
 		return nil, workloadapi.ErrNoIdentity

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodeward/nodeward/agent"
+	"github.com/nodeward/nodeward/agent/config"
 	"github.com/nodeward/nodeward/broker"
 )
 
@@ -181,6 +183,10 @@ func runGameday(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	recovery := fs.Duration("recovery-timeout", 60*time.Second, "how long to wait after the revert for a fresh upstream token (max 10m)")
 	allowProd := fs.Bool("allow-production", false, "confirm a game day on a node whose broker config says environment: production")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	revokeEntry := fs.String("revoke-entry", "", "also rehearse a revocation: take this test entry away for --revoke-for and measure the time to revoke (gameday must be a workload of it)")
+	revokeFor := fs.Duration("revoke-for", time.Minute, "how long the agent keeps the test entry taken away at most (max 10m); it resumes it by itself after that")
+	workloadSock := fs.String("socket", config.DefaultSocketPath(), "the agent's Workload API socket (revocation rehearsal)")
+	dataDir := fs.String("data-dir", config.DefaultDataDir(), "the agent's data_dir (revocation rehearsal: its suspend request directory)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -195,6 +201,8 @@ func runGameday(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("%w: --interval must be in [0, 1m]", errUsage)
 	case *recovery <= 0 || *recovery > gamedayMaxRecovery:
 		return fmt.Errorf("%w: --recovery-timeout must be in (0, %v]", errUsage, gamedayMaxRecovery)
+	case *revokeFor <= 0 || *revokeFor > agent.MaxSuspend:
+		return fmt.Errorf("%w: --revoke-for must be in (0, %v]", errUsage, agent.MaxSuspend)
 	}
 	g := &gamedayClient{upstream: *upstream, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -203,6 +211,9 @@ func runGameday(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}}}}
 	rep := &GamedayReport{Upstream: *upstream, Started: time.Now().UTC(), Reverted: true}
 	runErr := gameday(ctx, g, rep, *aud, scopes, *outage, *requests, *interval, *recovery, *allowProd)
+	if runErr == nil && rep.Reverted && *revokeEntry != "" {
+		runErr = revokeRehearsal(ctx, rep, *workloadSock, *dataDir, *revokeEntry, *revokeFor)
+	}
 	rep.Passed = runErr == nil && rep.Reverted
 	for _, s := range rep.SLOs {
 		rep.Passed = rep.Passed && s.Pass

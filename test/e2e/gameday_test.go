@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nodeward/nodeward/test/testutil"
+	"gopkg.in/yaml.v3"
 )
 
 // gamedayReport is the part of `nodeward gameday --json` the tests read.
@@ -246,4 +248,89 @@ func TestGamedaySIGTERMReverts(t *testing.T) {
 	if !strings.Contains(e.Broker.Log(), `"reason":"reverted"`) {
 		t.Fatalf("no audit record of the revert:\n%s", e.Broker.Log())
 	}
+}
+
+// TestGamedayRevocationRehearsal: gameday, run as the workload of a test
+// entry, takes that entry away through the agent's suspend channel and
+// measures the time to revoke on its own Workload API stream, then
+// resumes it; the agent's audit trail says suspend and resume. A killed
+// gameday leaves the entry suspended only until the agent's deadline.
+func TestGamedayRevocationRehearsal(t *testing.T) {
+	e := testutil.StartBrokerEnv(t, bin, 600)
+	warmBroker(t, e, "upstream=corp&audience=api")
+	var cfg struct {
+		AdminListen string `yaml:"admin_listen"`
+		SocketPath  string `yaml:"socket_path"`
+		DataDir     string `yaml:"data_dir"`
+	}
+	b, err := os.ReadFile(e.AgentConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The test entry: the one this binary run by this uid matches.
+	out, _, code := testutil.Run(t, bin, nil, "inventory", "--admin", cfg.AdminListen, "--json")
+	var inv struct {
+		Entries []struct {
+			EntryID  string `json:"entry_id"`
+			SPIFFEID string `json:"spiffe_id"`
+		} `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(out), &inv); err != nil || code != 0 || len(inv.Entries) != 1 {
+		t.Fatalf("inventory: %d %v\n%s", code, err, out)
+	}
+	entry := inv.Entries[0].EntryID
+	out, errOut, code := testutil.Run(t, bin, nil, "gameday", "--broker", e.Sock, "--upstream", "corp", "--audience", "api",
+		"--outage", "30s", "--requests", "3", "--interval", "0s", "--json",
+		"--revoke-entry", entry, "--revoke-for", "60s", "--socket", cfg.SocketPath, "--data-dir", cfg.DataDir)
+	var rep gamedayReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("gameday: %d %v\n%s%s", code, err, out, errOut)
+	}
+	var found bool
+	for _, p := range rep.Phases {
+		if p.Name == "revocation of "+entry {
+			found = true
+			if !p.OK || p.Seconds <= 0 || p.Seconds > 10 {
+				t.Fatalf("revocation phase: %+v\n%s", p, out)
+			}
+			t.Logf("time to revoke measured by gameday: %.2fs (%s)", p.Seconds, p.Detail)
+		}
+	}
+	if !found {
+		t.Fatalf("no revocation phase:\n%s%s", out, errOut)
+	}
+	for _, s := range rep.SLOs {
+		if strings.HasPrefix(s.Name, "time to revoke") && !s.Pass {
+			t.Fatalf("time-to-revoke SLO failed:\n%s", out)
+		}
+	}
+	alog, _ := os.ReadFile(filepath.Join(filepath.Dir(e.AgentConfig), "audit.log"))
+	if !strings.Contains(string(alog), `"event":"suspend"`) || !strings.Contains(string(alog), `"event":"resume"`) {
+		t.Fatalf("no suspend/resume audit records:\n%s", alog)
+	}
+	// The entry serves again.
+	if _, errOut, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", cfg.SocketPath); code != 0 {
+		t.Fatalf("entry not back after the rehearsal: %s", errOut)
+	}
+
+	// A suspension whose gameday died ends at its deadline.
+	req := filepath.Join(cfg.DataDir, "suspend", entry)
+	if err := os.WriteFile(req, []byte("2s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	gone := false
+	for time.Now().Before(deadline) {
+		_, _, code := testutil.Run(t, bin, nil, "fetch", "x509", "--socket", cfg.SocketPath)
+		if code != 0 {
+			gone = true
+		} else if gone {
+			return // taken away, then back by itself
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("suspension without gameday: taken away %v, not back by itself within 10s", gone)
 }
