@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/nodeward/nodeward/test/spire"
 	"github.com/nodeward/nodeward/test/testutil"
 )
 
@@ -188,5 +189,82 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 			t.Fatalf("status does not show the bundle fetched from the endpoint:\n%s", out)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestFederationWithSPIRE: a standalone nodeward trust domain (a.test)
+// and a real spire-server's (spire.test) federate both ways over
+// https_spiffe: nodeward fetches SPIRE's bundle from SPIRE's bundle
+// endpoint (authenticating spiffe://spire.test/spire/server) and serves it
+// to its federating workloads; SPIRE fetches a.test's bundle from
+// nodeward's endpoint (authenticating spiffe://a.test/nodeward/bundle-endpoint).
+func TestFederationWithSPIRE(t *testing.T) {
+	s := spire.Start(t, spire.Options{TrustDomain: "spire.test", BundleEndpoint: true})
+	spireBoot := filepath.Join(t.TempDir(), "spire.test.bundle.json")
+	if err := os.WriteFile(spireBoot, []byte(s.CLI("bundle", "show", "-format", "spiffe")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := &fedNode{td: "a.test", dir: testutil.SocketDir(t), endpoint: "127.0.0.1:" + testutil.FreePort(t), admin: "127.0.0.1:" + testutil.FreePort(t)}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := fmt.Sprintf(`admin_listen: %s
+federation:
+  bundle_endpoint:
+    listen: %s
+    profile: https_spiffe
+  federates_with:
+    spire.test:
+      url: https://%s
+      profile: https_spiffe
+      endpoint_spiffe_id: spiffe://spire.test/spire/server
+      bundle: %s
+entries:
+  - spiffe_id: spiffe://a.test/svc
+    selectors: [unix:uid:%d, "unix:path:%s"]
+    federates_with: [spire.test]
+`, a.admin, a.endpoint, s.BundleEndpoint, spireBoot, os.Geteuid(), exe)
+	a.cfg, a.sock = testutil.WriteConfig(t, a.dir, "a.test", extra)
+	a.start(t)
+
+	// nodeward <- SPIRE: fetched from SPIRE's endpoint, sent to the workload.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _, _ := testutil.Run(t, bin, nil, "status", "--admin", a.admin, "--json")
+		if strings.Contains(out, `"last_refresh"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nodeward never fetched SPIRE's bundle:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	xc, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+a.sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := xc.Bundles.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("spire.test")); err != nil {
+		t.Fatalf("the workload did not get spire.test's bundle: %v", err)
+	}
+
+	// SPIRE <- nodeward: a federation relationship bootstrapped with
+	// a.test's bundle, then refreshed from nodeward's endpoint.
+	boot := a.bootstrapBundle(t)
+	s.CLI("federation", "create", "-trustDomain", "a.test", "-bundleEndpointURL", "https://"+a.endpoint,
+		"-bundleEndpointProfile", "https_spiffe", "-endpointSpiffeID", "spiffe://a.test/nodeward/bundle-endpoint",
+		"-trustDomainBundlePath", boot, "-trustDomainBundleFormat", "spiffe")
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		out, err := s.CLIErr("federation", "refresh", "-id", "a.test")
+		if err == nil && grepLines(grepLines(s.Log(), "Bundle refreshed"), "a.test") != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SPIRE never fetched a.test's bundle from nodeward's endpoint: %s %v\nspire-server log:\n%s", out, err, s.Log())
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }

@@ -147,19 +147,25 @@ type Options struct {
 	// attestor; both empty disables it.
 	TPMDevIDCA       string
 	TPMEndorsementCA string
+	// BundleEndpoint serves the trust domain's bundle (SPIFFE federation,
+	// https_spiffe profile) on 127.0.0.1 at a free port (Server.BundleEndpoint).
+	BundleEndpoint bool
 }
 
 // Server is a running spire-server.
 type Server struct {
-	t           testing.TB
-	bin         string
-	Dir         string // the server's temp dir
-	Addr        string // 127.0.0.1:port of the agent/server API
-	Socket      string // admin Unix socket
-	TrustDomain string
-	cmd         *exec.Cmd
-	done        chan struct{}
-	log         *lockedBuffer
+	t      testing.TB
+	bin    string
+	Dir    string // the server's temp dir
+	Addr   string // 127.0.0.1:port of the agent/server API
+	Socket string // admin Unix socket
+	// BundleEndpoint is 127.0.0.1:port of the federation bundle endpoint
+	// (Options.BundleEndpoint).
+	BundleEndpoint string
+	TrustDomain    string
+	cmd            *exec.Cmd
+	done           chan struct{}
+	log            *lockedBuffer
 }
 
 type lockedBuffer struct {
@@ -220,6 +226,15 @@ func Start(t testing.TB, o Options) *Server {
 	if o.AgentTTL != 0 {
 		agentTTL = fmt.Sprintf("  agent_ttl = %q\n", dur(o.AgentTTL, 0))
 	}
+	federation := ""
+	if o.BundleEndpoint {
+		bport, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.BundleEndpoint = net.JoinHostPort("127.0.0.1", strconv.Itoa(bport))
+		federation = fmt.Sprintf("  federation {\n    bundle_endpoint {\n      address = \"127.0.0.1\"\n      port = %d\n    }\n  }\n", bport)
+	}
 	var plugins strings.Builder
 	plugins.WriteString("  NodeAttestor \"join_token\" {\n    plugin_data {}\n  }\n")
 	if o.X509PoPCABundle != "" {
@@ -245,7 +260,7 @@ func Start(t testing.TB, o Options) *Server {
   experimental {
     cache_reload_interval = %q
   }
-}
+%s}
 
 plugins {
   DataStore "sql" {
@@ -260,7 +275,7 @@ plugins {
 %s}
 `, port, s.Socket, o.TrustDomain, filepath.Join(dir, "data"),
 		dur(o.DefaultX509SVIDTTL, time.Hour), agentTTL, dur(o.CATTL, 24*time.Hour),
-		dur(o.CacheReloadInterval, time.Second), filepath.Join(dir, "datastore.sqlite3"), plugins.String())
+		dur(o.CacheReloadInterval, time.Second), federation, filepath.Join(dir, "datastore.sqlite3"), plugins.String())
 	confPath := filepath.Join(dir, "server.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -360,6 +375,13 @@ func (s *Server) CLI(args ...string) string {
 		s.t.Fatal(err)
 	}
 	return string(out)
+}
+
+// CLIErr runs a spire-server CLI command and returns its output and error
+// (for commands expected to fail at first).
+func (s *Server) CLIErr(args ...string) (string, error) {
+	out, err := s.run(defaultCLITimeout, args...)
+	return string(out), err
 }
 
 // ID is spiffe://<trust domain><path>.
