@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -134,15 +135,25 @@ func TestSignalThroughPIDFile(t *testing.T) {
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := newSink(t, SVIDFiles{X509Bundle: filepath.Join(dir, "b.pem"), OnRotate: OnRotate{Signal: "SIGHUP", PIDFile: pidFile, Binary: "/bin/sh"}})
+	var logs strings.Builder
+	var logMu sync.Mutex
+	s, err := New(SVIDFiles{X509Bundle: filepath.Join(dir, "b.pem"), OnRotate: OnRotate{Signal: "SIGHUP", PIDFile: pidFile, Binary: "/bin/sh"}},
+		slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.runAction(context.Background(), EventRotate)
-	deadline := time.Now().Add(5 * time.Second)
+	// The shell runs its trap once its current `sleep 0.05` ends; on a
+	// loaded CI machine that can take a while.
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if b, _ := os.ReadFile(got); strings.TrimSpace(string(b)) == "HUP" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the process never got SIGHUP")
+			logMu.Lock()
+			defer logMu.Unlock()
+			t.Fatalf("the process never got SIGHUP; sink log:\n%s", logs.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -167,4 +178,16 @@ func TestPickByHint(t *testing.T) {
 	if got := newSink(t, SVIDFiles{X509Bundle: "/b", Hint: "cache"}).pick(svids); got != nil {
 		t.Fatalf("unknown hint: got %v, want none (never another workload's files)", got)
 	}
+}
+
+// lockedWriter serializes writes to a strings.Builder (a test's log).
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }
