@@ -112,10 +112,12 @@ func TestApplyWritesChangedFilesOnce(t *testing.T) {
 
 // TestSignalThroughPIDFile: a real process named by a PID file gets the
 // configured signal; a missing PID file is "not running", not an error.
+// The signal is USR1, not HUP: a shell cannot trap a signal that was
+// ignored when it started, and a test run under nohup ignores HUP.
 func TestSignalThroughPIDFile(t *testing.T) {
 	dir := t.TempDir()
 	got := filepath.Join(dir, "got")
-	cmd := exec.Command("/bin/sh", "-c", `trap 'echo HUP > `+got+`; exit 0' HUP; echo ready; while :; do sleep 0.05; done`)
+	cmd := exec.Command("/bin/sh", "-c", `trap 'echo USR1 > `+got+`; exit 0' USR1; echo ready; while :; do sleep 0.05; done`)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +139,7 @@ func TestSignalThroughPIDFile(t *testing.T) {
 	}
 	var logs strings.Builder
 	var logMu sync.Mutex
-	s, err := New(SVIDFiles{X509Bundle: filepath.Join(dir, "b.pem"), OnRotate: OnRotate{Signal: "SIGHUP", PIDFile: pidFile, Binary: "/bin/sh"}},
+	s, err := New(SVIDFiles{X509Bundle: filepath.Join(dir, "b.pem"), OnRotate: OnRotate{Signal: "SIGUSR1", PIDFile: pidFile, Binary: "/bin/sh"}},
 		slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -147,13 +149,13 @@ func TestSignalThroughPIDFile(t *testing.T) {
 	// loaded CI machine that can take a while.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if b, _ := os.ReadFile(got); strings.TrimSpace(string(b)) == "HUP" {
+		if b, _ := os.ReadFile(got); strings.TrimSpace(string(b)) == "USR1" {
 			break
 		}
 		if time.Now().After(deadline) {
 			logMu.Lock()
 			defer logMu.Unlock()
-			t.Fatalf("the process never got SIGHUP; sink log:\n%s", logs.String())
+			t.Fatalf("the process never got SIGUSR1; sink log:\n%s", logs.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
