@@ -214,6 +214,18 @@ func (c *Client) dial() error {
 	return nil
 }
 
+// Close closes the connection to the server.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	conn := c.conn
+	c.conn = nil
+	c.mu.Unlock()
+	if conn != nil {
+		return conn.Close()
+	}
+	return nil
+}
+
 // connection returns the mTLS connection, or an error when banned.
 func (c *Client) connection() (*grpc.ClientConn, error) {
 	c.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -297,4 +298,71 @@ func TestUnsafeStateFileRefused(t *testing.T) {
 func x509BundleOf(t *testing.T, td string, roots []*x509.Certificate) *x509bundle.Bundle {
 	t.Helper()
 	return x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString(td), roots)
+}
+
+// The bootstrap bundle authenticates the server: a bundle of another CA,
+// or the right bundle for another trust domain, fails attestation (and
+// spends no token); insecure bootstrap checks only the server's SPIFFE ID.
+func TestBootstrap(t *testing.T) {
+	s := spiretest.Start(t, spiretest.Options{TrustDomain: "boot.test"})
+	tok := s.TokenGenerate("")
+	other := spiretest.NewCA(t, t.TempDir(), "other")
+	for _, tc := range []struct {
+		name string
+		td   string
+		pool []*x509.Certificate
+	}{
+		{"wrong bundle", "boot.test", []*x509.Certificate{other.Cert}},
+		{"wrong trust domain", "elsewhere.test", bundleCerts(t, s)},
+	} {
+		c, err := spire.New(spire.Config{ServerAddr: s.Addr, TrustDomain: spiffeid.RequireTrustDomainFromString(tc.td),
+			BootstrapBundle: tc.pool, Dir: t.TempDir(), Attestor: spire.JoinToken(tok)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(ctxT(t)); err == nil {
+			t.Fatalf("%s: attested", tc.name)
+		}
+	}
+	c, err := spire.New(spire.Config{ServerAddr: s.Addr, TrustDomain: spiffeid.RequireTrustDomainFromString("boot.test"),
+		InsecureBootstrap: true, Dir: t.TempDir(), Attestor: spire.JoinToken(tok)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Start(ctxT(t)); err != nil {
+		t.Fatalf("insecure bootstrap (the token must still be unused): %v", err)
+	}
+	if _, err := c.SyncEntries(ctxT(t)); err != nil {
+		t.Fatalf("calls after insecure bootstrap: %v", err)
+	}
+}
+
+// Above one page (500 entries) the server sends revisions first and the
+// client asks for the entries by id; a deleted entry is dropped.
+func TestSyncPaged(t *testing.T) {
+	s := spiretest.Start(t, spiretest.Options{TrustDomain: "paged.test"})
+	tok := s.TokenGenerate("")
+	agentID := s.ID("/spire/agent/join_token/" + tok)
+	const n = 620
+	var want []spiretest.Entry
+	for i := range n {
+		want = append(want, spiretest.Entry{ParentID: agentID, SPIFFEID: s.ID(fmt.Sprintf("/w/%04d", i)), Selectors: []string{fmt.Sprintf("unix:uid:%d", 2000+i)}})
+	}
+	s.EntryCreateMany(want)
+	c := newClient(t, s, t.TempDir(), spire.JoinToken(tok))
+	defer c.Close()
+	if err := c.Start(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	es := pollEntries(t, c, func(es []fleet.Entry) bool { return len(es) == n })
+	s.EntryDelete(es[0].ID)
+	pollEntries(t, c, func(es2 []fleet.Entry) bool {
+		for _, e := range es2 {
+			if e.ID == es[0].ID {
+				return false
+			}
+		}
+		return len(es2) == n-1
+	})
 }
