@@ -181,6 +181,24 @@ func TestFleetTwoNodesAuthenticateEachOther(t *testing.T) {
 	if !strings.Contains(m, "nodeward_server_reachable 0") || !strings.Contains(m, `nodeward_server_syncs_total{result="error"}`) {
 		t.Fatalf("metrics do not say the server is unreachable:\n%s", grepLines(m, "nodeward_server"))
 	}
+
+	// The server comes back: recovery is automatic (the sync backoff is
+	// capped; 1 s interval here), and new entries reach the node again.
+	s.Restart()
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		m = fetchText(t, "http://"+a.admin+"/metrics")
+		if strings.Contains(m, "nodeward_server_reachable 1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the node did not recover after the server came back:\n%s\nagent log:\n%s", grepLines(m, "nodeward_server"), a.agent.Log())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	svcC := s.ID("/svc/c")
+	s.EntryCreate(spire.Entry{ParentID: a.nodeID, SPIFFEID: svcC, Selectors: []string{sels[0], sels[1], "unix:gid:" + fmt.Sprint(os.Getegid())}})
+	svidFrom(t, a, svcC, 30*time.Second)
 }
 
 func fetchText(t *testing.T, url string) string {

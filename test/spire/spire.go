@@ -164,6 +164,7 @@ type Server struct {
 	BundleEndpoint string
 	TrustDomain    string
 	cmd            *exec.Cmd
+	confPath       string
 	done           chan struct{}
 	log            *lockedBuffer
 }
@@ -269,19 +270,30 @@ plugins {
       connection_string = %q
     }
   }
-  KeyManager "memory" {
-    plugin_data {}
+  KeyManager "disk" {
+    plugin_data {
+      keys_path = %q
+    }
   }
 %s}
 `, port, s.Socket, o.TrustDomain, filepath.Join(dir, "data"),
 		dur(o.DefaultX509SVIDTTL, time.Hour), agentTTL, dur(o.CATTL, 24*time.Hour),
-		dur(o.CacheReloadInterval, time.Second), federation, filepath.Join(dir, "datastore.sqlite3"), plugins.String())
+		dur(o.CacheReloadInterval, time.Second), federation, filepath.Join(dir, "datastore.sqlite3"), filepath.Join(dir, "keys.json"), plugins.String())
 	confPath := filepath.Join(dir, "server.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	s.confPath = confPath
 	s.start(confPath)
 	return s
+}
+
+// Restart starts a stopped server again on the same address, datastore
+// and keys (the disk key manager): a server outage that ends.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	s.start(s.confPath)
 }
 
 func (s *Server) start(confPath string) {
