@@ -366,3 +366,35 @@ func TestSyncPaged(t *testing.T) {
 		return len(es2) == n-1
 	})
 }
+
+// Run renews a join-token node's agent SVID at about half its life, before
+// it expires, and the node keeps working with the renewed one.
+func TestRunRenewsBeforeExpiry(t *testing.T) {
+	s := spiretest.Start(t, spiretest.Options{TrustDomain: "run.test", AgentTTL: 20 * time.Second})
+	c := newClient(t, s, t.TempDir(), spire.JoinToken(s.TokenGenerate("")))
+	defer c.Close()
+	if err := c.Start(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	_, firstExp := c.AgentSVID()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, exp := c.AgentSVID(); exp.After(firstExp) {
+			if !time.Now().Before(firstExp) {
+				t.Fatalf("renewed at %s, after the old SVID expired at %s", time.Now(), firstExp)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent SVID (expiring %s) was not renewed", firstExp)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := c.SyncEntries(ctxT(t)); err != nil {
+		t.Fatalf("calls with the renewed SVID: %v", err)
+	}
+}
