@@ -148,7 +148,7 @@ func (a *Agent) registerFleetMetrics() {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nodeward_server_reachable",
 			Help: "1 while the last sync with the SPIRE server succeeded, 0 while syncs fail (fleet mode)."},
 			func() float64 {
-				if src.Status().UnreachableSince.IsZero() && !src.Status().LastSync.IsZero() {
+				if st := src.Status(); st.UnreachableSince.IsZero() && !st.LastSync.IsZero() {
 					return 1
 				}
 				return 0

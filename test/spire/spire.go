@@ -31,6 +31,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodeward/nodeward/test/testutil"
 )
 
 // Version is the SPIRE release tools/spire/go.mod pins.
@@ -166,24 +168,7 @@ type Server struct {
 	cmd            *exec.Cmd
 	confPath       string
 	done           chan struct{}
-	log            *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log            *testutil.LockedBuffer
 }
 
 func dur(d, def time.Duration) string {
@@ -191,15 +176,6 @@ func dur(d, def time.Duration) string {
 		d = def
 	}
 	return fmt.Sprintf("%ds", int(d.Round(time.Second)/time.Second))
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Start starts a spire-server and waits until it is healthy; it is stopped
@@ -216,12 +192,9 @@ func Start(t testing.TB, o Options) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	s := &Server{t: t, bin: bin, Dir: dir, Socket: filepath.Join(dir, "admin.sock"), TrustDomain: o.TrustDomain, log: &lockedBuffer{}}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	s := &Server{t: t, bin: bin, Dir: dir, Socket: filepath.Join(dir, "admin.sock"), TrustDomain: o.TrustDomain, log: &testutil.LockedBuffer{}}
+	port := testutil.FreePort(t)
+	s.Addr = net.JoinHostPort("127.0.0.1", port)
 
 	agentTTL := ""
 	if o.AgentTTL != 0 {
@@ -229,12 +202,9 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	federation := ""
 	if o.BundleEndpoint {
-		bport, err := freePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.BundleEndpoint = net.JoinHostPort("127.0.0.1", strconv.Itoa(bport))
-		federation = fmt.Sprintf("  federation {\n    bundle_endpoint {\n      address = \"127.0.0.1\"\n      port = %d\n    }\n  }\n", bport)
+		bport := testutil.FreePort(t)
+		s.BundleEndpoint = net.JoinHostPort("127.0.0.1", bport)
+		federation = fmt.Sprintf("  federation {\n    bundle_endpoint {\n      address = \"127.0.0.1\"\n      port = %s\n    }\n  }\n", bport)
 	}
 	var plugins strings.Builder
 	plugins.WriteString("  NodeAttestor \"join_token\" {\n    plugin_data {}\n  }\n")
@@ -246,7 +216,7 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	conf := fmt.Sprintf(`server {
   bind_address = "127.0.0.1"
-  bind_port = "%d"
+  bind_port = "%s"
   socket_path = %q
   trust_domain = %q
   data_dir = %q
@@ -469,17 +439,7 @@ func (s *Server) EntryCreate(e Entry) string {
 		args = append(args, "-downstream")
 	}
 	out := s.CLI(args...)
-	var res struct {
-		Results []struct {
-			Status struct {
-				Code    int    `json:"code"`
-				Message string `json:"message"`
-			} `json:"status"`
-			Entry struct {
-				ID string `json:"id"`
-			} `json:"entry"`
-		} `json:"results"`
-	}
+	var res entryResults
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		s.t.Fatalf("entry create: parse %q: %v", out, err)
 	}
@@ -487,6 +447,19 @@ func (s *Server) EntryCreate(e Entry) string {
 		s.t.Fatalf("entry create failed: %s", out)
 	}
 	return res.Results[0].Entry.ID
+}
+
+// entryResults is the JSON answer of `entry create -output json`.
+type entryResults struct {
+	Results []struct {
+		Status struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"status"`
+		Entry struct {
+			ID string `json:"id"`
+		} `json:"entry"`
+	} `json:"results"`
 }
 
 // EntryDelete deletes an entry by ID.
@@ -561,17 +534,7 @@ func (s *Server) EntryCreateMany(entries []Entry) []string {
 		s.t.Fatal(err)
 	}
 	out := s.CLI("entry", "create", "-output", "json", "-data", p)
-	var res struct {
-		Results []struct {
-			Status struct {
-				Code    int    `json:"code"`
-				Message string `json:"message"`
-			} `json:"status"`
-			Entry struct {
-				ID string `json:"id"`
-			} `json:"entry"`
-		} `json:"results"`
-	}
+	var res entryResults
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		s.t.Fatalf("entry create -data: parse: %v", err)
 	}

@@ -59,7 +59,7 @@ func (i *IdP) Start(t testing.TB, jwksURL, svidAudience, trustDomain string, tok
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
+	var stderr LockedBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
