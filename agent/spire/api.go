@@ -115,7 +115,7 @@ func syncEntries(ctx context.Context, ec entryv1.EntryClient) ([]*types.Entry, e
 		return nil, err
 	}
 	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{OutputMask: entryMask}); err != nil {
-		return nil, err
+		return nil, sendErr(stream, err, new(entryv1.SyncAuthorizedEntriesResponse))
 	}
 	var (
 		entries []*types.Entry
@@ -142,7 +142,7 @@ func syncEntries(ctx context.Context, ec entryv1.EntryClient) ([]*types.Entry, e
 		page := ids[:min(entryPage, len(ids))]
 		ids = ids[len(page):]
 		if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{Ids: page}); err != nil {
-			return nil, err
+			return nil, sendErr(stream, err, new(entryv1.SyncAuthorizedEntriesResponse))
 		}
 		for {
 			resp, err := stream.Recv()
@@ -157,6 +157,19 @@ func syncEntries(ctx context.Context, ec entryv1.EntryClient) ([]*types.Entry, e
 	}
 	_ = stream.CloseSend()
 	return entries, nil
+}
+
+// sendErr turns a Send error into the stream's status: gRPC reports io.EOF
+// from Send when the server already ended the stream (a refusal such as
+// an evicted node's PermissionDenied), whose status Recv returns.
+func sendErr(stream grpc.ClientStream, err error, reply any) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	if rerr := stream.RecvMsg(reply); rerr != nil && !errors.Is(rerr, io.EOF) {
+		return rerr
+	}
+	return err
 }
 
 // NewX509SVID implements fleet.Client (BatchNewX509SVID with one CSR).

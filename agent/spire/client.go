@@ -278,7 +278,7 @@ func (c *Client) attest(ctx context.Context) error {
 		Data:   &types.AttestationData{Type: c.cfg.Attestor.Type(), Payload: payload},
 		Params: &agentv1.AgentX509SVIDParams{Csr: csr},
 	}}}); err != nil {
-		return c.mapErr("attest", err)
+		return c.mapErr("attest", sendErr(stream, err, new(agentv1.AttestAgentResponse)))
 	}
 	var result *agentv1.AttestAgentResponse_Result
 	for result == nil {
@@ -292,7 +292,7 @@ func (c *Client) attest(ctx context.Context) error {
 				return fmt.Errorf("attest (%s): %w", c.cfg.Attestor.Type(), err)
 			}
 			if err := stream.Send(&agentv1.AttestAgentRequest{Step: &agentv1.AttestAgentRequest_ChallengeResponse{ChallengeResponse: ans}}); err != nil {
-				return c.mapErr("attest", err)
+				return c.mapErr("attest", sendErr(stream, err, new(agentv1.AttestAgentResponse)))
 			}
 			continue
 		}
