@@ -19,6 +19,7 @@ import (
 	"github.com/nodeward/nodeward/agent/fleet"
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/agent/spire"
+	"github.com/nodeward/nodeward/attestors/tpm"
 	"github.com/nodeward/nodeward/internal/audit"
 )
 
@@ -38,12 +39,13 @@ type ServerClient interface {
 }
 
 // DialServer builds the client of the server section: nodeward's SPIRE
-// node-agent client (agent/spire).
+// node-agent client (agent/spire). tp is the tpm section's TPM (nil
+// without one): tpm_devid attestation proves the node with it.
 var DialServer = dialSPIRE
 
 // dialSPIRE builds the SPIRE client from the server section. Its state
 // (agent SVID, key, bundle) lives in data_dir/spire.
-func dialSPIRE(cfg *config.Agent, log *slog.Logger) (ServerClient, error) {
+func dialSPIRE(cfg *config.Agent, tp *tpm.TPM, log *slog.Logger) (ServerClient, error) {
 	sc := cfg.Server
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
@@ -78,8 +80,15 @@ func dialSPIRE(cfg *config.Agent, log *slog.Logger) (ServerClient, error) {
 		if att, err = spire.LoadX509PoP(na.X509PoP.Cert, na.X509PoP.Key); err != nil {
 			return nil, err
 		}
+	case na.TPMDevID != nil:
+		if tp == nil {
+			return nil, errors.New("node_attestation: tpm_devid needs the tpm section's device")
+		}
+		if att, err = spire.LoadTPMDevID(tp, na.TPMDevID.Cert, na.TPMDevID.Pub, na.TPMDevID.Priv); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, errors.New("node_attestation: tpm_devid is not supported by this build yet")
+		return nil, errors.New("node_attestation: none configured")
 	}
 	return spire.New(spire.Config{ServerAddr: sc.Address, TrustDomain: td, BootstrapBundle: bundle,
 		InsecureBootstrap: sc.InsecureBootstrap, Dir: filepath.Join(cfg.DataDir, "spire"), Attestor: att,
@@ -113,7 +122,7 @@ const initialSyncTimeout = 15 * time.Second
 // newFleet starts the server client (attestation) and builds the source;
 // the agent's store is not built yet: SetPolicy reaches it through a.
 func (a *Agent) newFleet(ctx context.Context, cfg *config.Agent, td spiffeid.TrustDomain) (*fleetMode, error) {
-	c, err := DialServer(cfg, a.log)
+	c, err := DialServer(cfg, a.tpm, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}

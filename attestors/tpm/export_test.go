@@ -46,3 +46,12 @@ func UndefineNVForTest(ctx context.Context, tp *TPM, index uint32) error {
 func ActivateWithPolicyForTest(ctx context.Context, tp *TPM, ch *Challenge) ([]byte, error) {
 	return tp.activate(ctx, ch, true)
 }
+
+// ClearForTest runs TPM2_Clear with platform authorization (tests only: a
+// new storage seed makes the TPM another TPM for keys sealed to its SRK).
+func ClearForTest(ctx context.Context, tp *TPM) error {
+	return tp.do(ctx, func(t transport.TPM) error {
+		_, err := tpm2.Clear{AuthHandle: tpm2.TPMRHPlatform}.Execute(t)
+		return err
+	})
+}

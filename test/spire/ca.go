@@ -107,3 +107,26 @@ func (ca *CA) NodeCert(t testing.TB, cn string, kt KeyType) ([]*x509.Certificate
 	}
 	return []*x509.Certificate{cert}, key
 }
+
+// DevIDCert issues a DevID certificate (IEEE 802.1AR LDevID, as SPIRE's
+// tpm_devid attestor checks it) with common name cn for pub, a key held in
+// a TPM. The chain is [leaf]; the CA is the server's devid_ca_path root.
+func (ca *CA) DevIDCert(t testing.TB, cn string, pub crypto.PublicKey) []*x509.Certificate {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(t),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(12 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []*x509.Certificate{cert}
+}
