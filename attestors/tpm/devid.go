@@ -523,4 +523,3 @@ func VerifyDevIDSignature(pub crypto.PublicKey, data, sig []byte) error {
 	}
 	return fmt.Errorf("%w: key type %T", ErrUnsupported, pub)
 }
-
