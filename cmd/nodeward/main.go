@@ -46,7 +46,7 @@ func commands() []command {
 		{"validate", "validate --audience A TOKEN     validate a JWT-SVID through the agent", runValidate},
 		{"attest", "attest --pid PID [--json]        print the selectors the agent derives for a process", runAttest},
 		{"entries", "entries check FILE                check registration entries against the guardrails (exit 0 ok, 1 findings, 2 unreadable)", runEntries},
-		{"node", "node attest|verify [flags]       TPM node attestation: print evidence, or verify it (with credential activation)", runNode},
+		{"node", "node attest|verify|devid [flags] TPM node attestation: print evidence, verify it (with credential activation), or provision a DevID key", runNode},
 		{"status", "status [--admin ADDR] [--json]   show identities, entries, streams and caches", runStatus},
 		{"inventory", "inventory [--admin ADDR] [--json|--csv] | inventory enable ENTRY_ID  the identity inventory; re-enable a stale-disabled entry", runInventory},
 		{"gameday", "gameday --upstream NAME [--broker SOCK] [--outage 60s] [--json]  rehearse an IdP outage on this node (bounded, reverted)", runGameday},

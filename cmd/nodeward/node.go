@@ -15,19 +15,21 @@ import (
 	"github.com/nodeward/nodeward/attestors/tpm"
 )
 
-// runNode is `nodeward node attest|verify`: the node-attestation protocol
-// of attestors/tpm on the command line.
+// runNode is `nodeward node attest|verify|devid`: the node-attestation
+// protocol of attestors/tpm on the command line, and DevID provisioning.
 func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: node attest|verify", errUsage)
+		return fmt.Errorf("%w: node attest|verify|devid", errUsage)
 	}
 	switch args[0] {
 	case "attest":
 		return nodeAttest(ctx, args[1:], stdout, stderr)
 	case "verify":
 		return nodeVerify(ctx, args[1:], stdout, stderr)
+	case "devid":
+		return nodeDevID(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("%w: node attest|verify, not %q", errUsage, args[0])
+	return fmt.Errorf("%w: node attest|verify|devid, not %q", errUsage, args[0])
 }
 
 // tpmFlags are the flags both subcommands use to find the TPM.
