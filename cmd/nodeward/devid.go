@@ -87,4 +87,3 @@ func nodeDevID(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		*typ, filepath.Join(*out, devIDPubFile), filepath.Join(*out, devIDPrivFile), filepath.Join(*out, devIDCSRFile))
 	return nil
 }
-
