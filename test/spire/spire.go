@@ -266,6 +266,13 @@ func (s *Server) Restart() {
 	s.start(s.confPath)
 }
 
+// Resume starts a server Stop stopped, on the same config, datastore and
+// port (an outage that lasts as long as the test wants).
+func (s *Server) Resume() {
+	s.t.Helper()
+	s.start(s.confPath)
+}
+
 func (s *Server) start(confPath string) {
 	t := s.t
 	t.Helper()
