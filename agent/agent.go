@@ -53,7 +53,8 @@ type Agent struct {
 	audit       *audit.Logger
 	obs         *observer
 	limits      *limitsState
-	fleet       *fleetMode      // nil in standalone mode
+	fleet       *fleetMode // nil in standalone mode
+	guard       serverGuardrails
 	federation  *federationMode // nil without a federation section
 	susp        suspensions     // game day: entries taken away for now
 	node        *node           // nil without a tpm section

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,6 +96,42 @@ func dialSPIRE(cfg *config.Agent, tp *tpm.TPM, log *slog.Logger) (ServerClient, 
 		Logger: log.With("component", "spire")})
 }
 
+// serverGuardrails reports guardrail findings on the server's entries:
+// each distinct finding is logged once (a sync repeats the same policy
+// often), and the current count is in status.
+type serverGuardrails struct {
+	mu     sync.Mutex
+	logged map[string]bool
+	count  int
+}
+
+// maxLoggedFindings bounds the findings remembered as logged; past it the
+// memory starts over (findings may then be logged again).
+const maxLoggedFindings = 4096
+
+func (g *serverGuardrails) report(log *slog.Logger, findings []policy.Finding) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.count = len(findings)
+	if g.logged == nil || len(g.logged) > maxLoggedFindings {
+		g.logged = make(map[string]bool)
+	}
+	for _, f := range findings {
+		k := f.String()
+		if g.logged[k] {
+			continue
+		}
+		g.logged[k] = true
+		log.Warn("policy (server entry; reported, not enforced): "+f.Code, "spiffe_id", f.SPIFFEID, "severity", f.Severity, "finding", f.Message)
+	}
+}
+
+func (g *serverGuardrails) findings() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.count
+}
+
 // fleetMode is the agent's state in fleet mode.
 type fleetMode struct {
 	client ServerClient
@@ -112,7 +149,10 @@ type ServerStatus struct {
 	LastError        string     `json:"last_error,omitempty"`
 	Entries          int        `json:"entries"`
 	SkippedEntries   int        `json:"skipped_entries,omitempty"`
-	BundleSequence   uint64     `json:"bundle_sequence"`
+	// GuardrailFindings counts the guardrail findings on the server's
+	// entries (reported in the log, not enforced).
+	GuardrailFindings int    `json:"guardrail_findings,omitempty"`
+	BundleSequence    uint64 `json:"bundle_sequence"`
 }
 
 // initialSyncTimeout bounds the first sync at start: past it the agent
@@ -141,8 +181,10 @@ func (a *Agent) newFleet(ctx context.Context, cfg *config.Agent, td spiffeid.Tru
 }
 
 // setServerPolicy applies a policy the server sent, as Reload applies a
-// configured one (guardrails are the server's business in this mode).
+// configured one. The server is the policy authority in this mode: the
+// guardrails report on its entries (warnings) and never refuse them.
 func (a *Agent) setServerPolicy(ix *policy.Index) {
+	a.guard.report(a.log, policy.Check(ix.Entries(), CheckOptions(a.config(), time.Now())))
 	a.unix.SetHashing(ix.Uses("unix", "sha256"))
 	a.store.SetIndex(ix)
 	a.inv.SyncPolicy(inventoryEntries(ix.Entries()))

@@ -117,6 +117,7 @@ func (a *Agent) Status() Status {
 	}
 	if a.fleet != nil {
 		st.Mode, st.Server, st.CA.Key = "server", a.fleet.status(), "server"
+		st.Server.GuardrailFindings = a.guard.findings()
 	} else if in := a.ca.Intermediate(); in != nil {
 		na, ra := in.NotAfter, a.ca.NextRotation()
 		st.CA = CAStatus{Key: "tpm", IntermediateNotAfter: &na, IntermediateRotatesAt: &ra}

@@ -165,6 +165,9 @@ func printServerStatus(w io.Writer, sv *agent.ServerStatus) {
 		fmt.Fprintf(w, ", %d never match a workload here", sv.SkippedEntries)
 	}
 	fmt.Fprintf(w, ", bundle sequence %d)\n", sv.BundleSequence)
+	if sv.GuardrailFindings > 0 {
+		fmt.Fprintf(w, "guardrails:   %d findings on the server's entries (in the log; reported, not enforced)\n", sv.GuardrailFindings)
+	}
 	if sv.UnreachableSince != nil {
 		fmt.Fprintf(w, "UNREACHABLE:  since %s: %s\n", at(sv.UnreachableSince), sv.LastError)
 	}

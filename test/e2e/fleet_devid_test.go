@@ -61,6 +61,10 @@ func TestFleetTPMDevIDNode(t *testing.T) {
 	sels := []string{fmt.Sprintf("unix:uid:%d", os.Geteuid()), "unix:path:" + exe(t)}
 	svc := s.ID("/svc/on-edge")
 	s.EntryCreate(spire.Entry{ParentID: alias, SPIFFEID: svc, Selectors: sels})
+	// The guardrails report on the server's entries and enforce nothing:
+	// this one (every root process) is flagged broad, and ambiguous with the
+	// one above (the test runs as root), and still synced.
+	s.EntryCreate(spire.Entry{ParentID: alias, SPIFFEID: s.ID("/svc/any-root"), Selectors: []string{"unix:uid:0"}})
 
 	bundle := filepath.Join(dir, "spire-bundle.pem")
 	if err := os.WriteFile(bundle, s.BundlePEM(), 0o644); err != nil {
@@ -75,8 +79,12 @@ func TestFleetTPMDevIDNode(t *testing.T) {
 	svidFrom(t, n, svc, 30*time.Second)
 
 	out, errOut, code = testutil.Run(t, bin, nil, "status", "--admin", n.admin)
-	if code != 0 || !strings.Contains(out, s.ID("/spire/agent/tpm_devid/")) {
+	if code != 0 || !strings.Contains(out, s.ID("/spire/agent/tpm_devid/")) || !strings.Contains(out, "(2 entries") ||
+		!strings.Contains(out, "guardrails:   2 findings") {
 		t.Fatalf("status: %d\n%s%s", code, out, errOut)
+	}
+	if !strings.Contains(n.agent.Log(), `"msg":"policy (server entry; reported, not enforced): broad-selectors","spiffe_id":"spiffe://devid.test/svc/any-root"`) {
+		t.Fatalf("no guardrail warning for the broad server entry:\n%s", n.agent.Log())
 	}
 	var agentID string
 	for _, f := range strings.Fields(out) {
