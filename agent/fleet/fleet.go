@@ -21,8 +21,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,7 +28,6 @@ import (
 	"net/url"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +39,7 @@ import (
 	"github.com/nodeward/nodeward/agent/identity"
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/internal/jwtpeek"
 )
 
 // Entry is a registration entry as the server sends it to this node.
@@ -255,18 +253,10 @@ func (s *Source) MintJWTSVID(ctx context.Context, e *policy.Entry, audience []st
 
 // tokenJTI returns the "jti" claim of a compact JWS, or "".
 func tokenJTI(token string) string {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return ""
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return ""
-	}
 	var c struct {
 		JTI string `json:"jti"`
 	}
-	if json.Unmarshal(raw, &c) != nil {
+	if jwtpeek.Claims(token, &c) != nil {
 		return ""
 	}
 	return c.JTI

@@ -13,8 +13,6 @@ package identity
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +30,7 @@ import (
 	"github.com/nodeward/nodeward/agent/ca"
 	"github.com/nodeward/nodeward/agent/policy"
 	"github.com/nodeward/nodeward/attestors/selector"
+	"github.com/nodeward/nodeward/internal/jwtpeek"
 )
 
 // minRotateAfter keeps a nearly expired issuer from making rotation spin.
@@ -722,18 +721,10 @@ func (s *Store) dropStaleJWTs() {
 // tokenKeyID returns the "kid" of a compact JWS's header ("" when it has
 // none or cannot be read).
 func tokenKeyID(token string) string {
-	h, _, ok := strings.Cut(token, ".")
-	if !ok {
-		return ""
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(h)
-	if err != nil {
-		return ""
-	}
 	var hdr struct {
 		KID string `json:"kid"`
 	}
-	if json.Unmarshal(raw, &hdr) != nil {
+	if jwtpeek.Header(token, &hdr) != nil {
 		return ""
 	}
 	return hdr.KID
