@@ -55,3 +55,44 @@ func BenchmarkTPMSign(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDevIDProof is the TPM's side of one tpm_devid attestation on
+// swtpm (RSA and ECC DevID keys): the AK's certification of the DevID key
+// with the EK, the DevID signature of the server's nonce and credential
+// activation, plus the server's software checks.
+func BenchmarkDevIDProof(b *testing.B) {
+	for _, typ := range []string{"rsa", "ecc"} {
+		b.Run(typ, func(b *testing.B) {
+			_, tp := swtpm.Start(b)
+			k, err := tp.CreateDevIDKey(ctx, typ)
+			if err != nil {
+				b.Fatal(err)
+			}
+			nonce := make([]byte, 32)
+			for b.Loop() {
+				ev, err := tp.CertifyDevID(ctx, k)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ch, secret, err := tpm.VerifyDevIDEvidence(ev)
+				if err != nil {
+					b.Fatal(err)
+				}
+				sig, err := tp.SignDevID(ctx, k, nonce)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := tpm.VerifyDevIDSignature(k.Public(), nonce, sig); err != nil {
+					b.Fatal(err)
+				}
+				answer, err := tp.ActivateCredentialRSAAK(ctx, ch)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := tpm.CheckActivation(secret, answer); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
