@@ -74,6 +74,18 @@ func TestFleetTPMDevIDNode(t *testing.T) {
 	extra := fmt.Sprintf("admin_listen: %s\ntpm:\n  address: %s\nserver:\n  address: %s\n  trust_bundle: %s\n  sync_interval: 1s\n  node_attestation:\n    tpm_devid:\n      cert: %s\n      pub: %s\n      priv: %s\n",
 		n.admin, sim.Addr, s.Addr, bundle, certPath, filepath.Join(devidDir, "devid.pub"), filepath.Join(devidDir, "devid.priv"))
 	n.cfg, n.sock = testutil.WriteConfig(t, dir, s.TrustDomain, extra)
+
+	// A DevID private blob others can read is refused, before any use.
+	priv := filepath.Join(devidDir, "devid.priv")
+	if err := os.Chmod(priv, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := testutil.Run(t, bin, nil, "agent", "--config", n.cfg); code == 0 || !strings.Contains(errOut, "chmod 600") {
+		t.Fatalf("agent with a group-readable devid.priv: exit %d\n%s", code, errOut)
+	}
+	if err := os.Chmod(priv, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	n.agent = testutil.StartAgent(t, bin, n.cfg, n.sock)
 	testutil.WaitServing(t, n.sock, 60*time.Second)
 	svidFrom(t, n, svc, 30*time.Second)
