@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,8 +30,10 @@ import (
 // (ca.ttl 48s, jwt_key_ttl 48s, SVIDs 8s) and a go-spiffe mTLS server and
 // client plus a JWT-SVID validator, all fed by the Workload API, through
 // at least two full root and JWT key rotations: not one handshake or
-// validation may fail. Then `nodeward ca rotate` and `ca taint` drop the
-// old root, and the open streams get SVIDs of the new one.
+// validation may fail, though the agent is restarted in the middle of
+// the prepared phase and of the retired phase. Then `nodeward ca rotate`
+// and `ca taint` drop the old root, and the open streams get SVIDs of the
+// new one.
 func TestCARotationNoFailures(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs through two key rotations (about 90s)")
@@ -43,7 +46,7 @@ func TestCARotationNoFailures(t *testing.T) {
 	extra := fmt.Sprintf("ca:\n  ttl: 48s\n  jwt_key_ttl: 48s\nentries:\n  - spiffe_id: spiffe://example.org/w\n    selectors: [unix:uid:%d, \"unix:path:%s\"]\n    x509_ttl: 8s\n    jwt_ttl: 8s\n",
 		os.Geteuid(), self)
 	cfg, sock := testutil.WriteConfig(t, dir, "example.org", extra)
-	testutil.StartAgent(t, bin, cfg, sock)
+	agent := testutil.StartAgent(t, bin, cfg, sock)
 	testutil.WaitServing(t, sock, 10*time.Second)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -91,6 +94,10 @@ func TestCARotationNoFailures(t *testing.T) {
 		kids      = map[string]bool{}
 		handshake atomic.Int64
 		validated atomic.Int64
+		// down is set while the test restarts the agent: a JWT-SVID
+		// fetch (a Workload API call) may fail then; handshakes and
+		// validations (served from the sources' caches) must not.
+		down atomic.Bool
 	)
 	fail := func(format string, args ...any) {
 		mu.Lock()
@@ -133,7 +140,7 @@ func TestCARotationNoFailures(t *testing.T) {
 		for loopCtx.Err() == nil {
 			sv, err := jwtSrc.FetchJWTSVID(loopCtx, jwtsvid.Params{Audience: "aud"})
 			if err != nil {
-				if loopCtx.Err() == nil {
+				if loopCtx.Err() == nil && !down.Load() {
 					fail("fetch JWT-SVID: %v", err)
 				}
 				continue
@@ -160,13 +167,41 @@ func TestCARotationNoFailures(t *testing.T) {
 			}
 		}
 	})
-	// Two full rotations: three distinct roots and JWT keys in use.
+	// Two full rotations: three distinct roots and JWT keys in use. The
+	// agent is restarted once while a next key is prepared and once while
+	// an old one is retired: the journal carries the cycle on.
+	auditPath := filepath.Join(dir, "audit.log")
+	restartAfter := []string{`"event":"ca_prepare"`, `"event":"ca_activate"`}
+	restart := func(phase string) {
+		down.Store(true)
+		_ = agent.Cmd.Process.Signal(syscall.SIGTERM)
+		_ = agent.Cmd.Wait()
+		agent = testutil.StartAgent(t, bin, cfg, sock)
+		testutil.WaitServing(t, sock, 20*time.Second)
+		// Back once a JWT-SVID fetch answers again.
+		for until := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if _, err := jwtSrc.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "aud"}); err == nil {
+				break
+			}
+			if time.Now().After(until) {
+				t.Fatalf("no JWT-SVID 20s after the restart after %s", phase)
+			}
+		}
+		down.Store(false)
+		t.Logf("agent restarted after %s", phase)
+	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		mu.Lock()
 		nr, nk := len(roots), len(kids)
 		mu.Unlock()
-		if nr >= 3 && nk >= 3 {
+		if len(restartAfter) > 0 {
+			if data, _ := os.ReadFile(auditPath); strings.Contains(string(data), restartAfter[0]) {
+				restart(restartAfter[0])
+				restartAfter = restartAfter[1:]
+			}
+		}
+		if nr >= 3 && nk >= 3 && len(restartAfter) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
