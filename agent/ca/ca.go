@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -94,8 +95,8 @@ type issuer struct {
 type jwtSigner struct {
 	signer   crypto.Signer
 	kid      string
-	header   string    // base64url of the JOSE header, precomputed
-	notAfter time.Time // JWT-SVIDs expire no later (zero: unbounded)
+	jose     jose.Signer // ES256 over signer, header {alg, kid, typ}
+	notAfter time.Time   // JWT-SVIDs expire no later (zero: unbounded)
 }
 
 // CA mints SVIDs for one trust domain. It is safe for concurrent use.

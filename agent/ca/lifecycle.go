@@ -512,11 +512,11 @@ func (c *CA) publish() error {
 			return fmt.Errorf("bundle: %w", err)
 		}
 		if a.State == StateActive {
-			hdr, err := jwtHeader(a.ID)
+			js0, err := newJOSESigner(a.key, a.ID)
 			if err != nil {
 				return err
 			}
-			js := &jwtSigner{signer: a.key, kid: a.ID, header: hdr}
+			js := &jwtSigner{signer: a.key, kid: a.ID, jose: js0}
 			if c.jwtKeyTTL > 0 || a.Migrated {
 				js.notAfter = a.Expires
 			}
