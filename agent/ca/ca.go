@@ -130,11 +130,11 @@ type CA struct {
 	// TPM-held roots (tpmroot.go). tpmMu serialises every use of a TPM
 	// root key (intermediate signatures, TPM root rotation steps); it is
 	// taken before mu.
-	tpmMu     sync.Mutex
-	tpmKeys   TPMKeys
-	tpmBase   uint32
-	tpmEvict  []uint32 // persistent handles to evict (journaled)
-	rootTTL   time.Duration
+	tpmMu    sync.Mutex
+	tpmKeys  TPMKeys
+	tpmBase  uint32
+	tpmEvict []uint32 // persistent handles to evict (journaled)
+	rootTTL  time.Duration
 
 	jwtIssuer string
 
