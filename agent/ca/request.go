@@ -42,6 +42,9 @@ type Outcome struct {
 	Message string `json:"message"`
 }
 
+// maxActivateAfter bounds Request.ActivateAfter (as config durations are).
+const maxActivateAfter = 8760 * time.Hour
+
 var requestName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}\.req$`)
 
 // Apply carries out r on the CA and says what it did.
@@ -62,8 +65,8 @@ func (c *CA) Apply(r Request) (string, error) {
 		after := time.Duration(-1)
 		if r.ActivateAfter != "" {
 			d, err := time.ParseDuration(r.ActivateAfter)
-			if err != nil || d < 0 {
-				return "", fmt.Errorf("%w: activate_after %q is not a duration of 0s or more", ErrInvalidConfig, r.ActivateAfter)
+			if err != nil || d < 0 || d > maxActivateAfter {
+				return "", fmt.Errorf("%w: activate_after %q is not a duration from 0s to %v", ErrInvalidConfig, r.ActivateAfter, maxActivateAfter)
 			}
 			after = d
 		}

@@ -211,6 +211,10 @@ func (c *CA) RotateTPMRoot(activateAfter time.Duration) (string, error) {
 		return "", fmt.Errorf("rotate TPM root: the previous root %s is %s and published until %s (SVIDs chained to it): rotate again after that, or taint it first (`nodeward ca taint %s`)",
 			a.ID, a.State, a.DropAt.UTC().Format(time.RFC3339), a.ID)
 	}
+	if act == nil {
+		c.mu.Unlock()
+		return "", fmt.Errorf("rotate TPM root: %w: no active TPM root", ErrInvalidConfig)
+	}
 	h := c.tpmBase
 	if act.TPMHandle == h {
 		h = c.tpmBase + 1

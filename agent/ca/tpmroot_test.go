@@ -320,3 +320,17 @@ func TestTPMRootRotationInterruptedCreation(t *testing.T) {
 		t.Fatalf("rotation after the cleanup: %q %v", msg, err)
 	}
 }
+
+// TestRotateTPMRootRequest: the request's activate_after must be a
+// duration from 0s to a year; a CA whose root is not TPM-held refuses.
+func TestRotateTPMRootRequest(t *testing.T) {
+	c := newCA(t, dataDir(t), nil)
+	for _, after := range []string{"soon", "-1s", "9000h"} {
+		if _, err := c.Apply(Request{Action: "rotate-tpm-root", Kind: KindX509, ActivateAfter: after}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "activate_after") {
+			t.Errorf("activate_after %q: %v", after, err)
+		}
+	}
+	if _, err := c.Apply(Request{Action: "rotate-tpm-root", Kind: KindX509, ActivateAfter: "1m"}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "not held in the TPM") {
+		t.Errorf("a file-held root: %v", err)
+	}
+}
