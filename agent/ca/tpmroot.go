@@ -204,12 +204,13 @@ func (c *CA) RotateTPMRoot(activateAfter time.Duration) (string, error) {
 		if a.TPMHandle == 0 || a.State == StateActive {
 			continue
 		}
-		c.mu.Unlock()
-		if a.State == StatePrepared {
-			return "", fmt.Errorf("rotate TPM root: a rotation is in progress: root %s is prepared and becomes active at %s", a.ID, a.ActivateAt.UTC().Format(time.RFC3339))
-		}
-		return "", fmt.Errorf("rotate TPM root: the previous root %s is %s and published until %s (SVIDs chained to it): rotate again after that, or taint it first (`nodeward ca taint %s`)",
+		err := fmt.Errorf("rotate TPM root: the previous root %s is %s and published until %s (SVIDs chained to it): rotate again after that, or taint it first (`nodeward ca taint %s`)",
 			a.ID, a.State, a.DropAt.UTC().Format(time.RFC3339), a.ID)
+		if a.State == StatePrepared {
+			err = fmt.Errorf("rotate TPM root: a rotation is in progress: root %s is prepared and becomes active at %s", a.ID, a.ActivateAt.UTC().Format(time.RFC3339))
+		}
+		c.mu.Unlock()
+		return "", err
 	}
 	if act == nil {
 		c.mu.Unlock()

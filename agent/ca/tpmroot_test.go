@@ -334,3 +334,83 @@ func TestRotateTPMRootRequest(t *testing.T) {
 		t.Errorf("a file-held root: %v", err)
 	}
 }
+
+// TestTPMRootRotationConcurrent: intermediate rotations, mints and status
+// reads run while the TPM root is rotated at once and the old one tainted
+// and evicted (under -race); every SVID minted verifies against the
+// bundle of its moment plus the roots published since.
+func TestTPMRootRotationConcurrent(t *testing.T) {
+	_, tp := swtpm.Start(t)
+	c, err := LoadOrCreate(Config{TrustDomain: td, Dir: dataDir(t), TPMKeys: realTPMKeys{tp}, TPMHandle: handleA, IntermediateTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var minted sync.Map
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := c.RotateIntermediate(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sv, err := c.MintX509SVID(webID, nil, time.Minute)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			minted.Store(i, sv)
+			_ = c.Authorities()
+		}
+	})
+	for range 2 {
+		if _, err := c.RotateTPMRoot(0); err != nil {
+			t.Fatal(err)
+		}
+		ret := tpmAuth(t, c, StateRetired)
+		if ret == nil {
+			t.Fatal("no retired root after an immediate rotation")
+		}
+		if err := c.Taint(KindX509, ret.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.advanceTPM(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	// The SVIDs of the current root verify; the others chain to roots
+	// tainted on purpose.
+	cur := hex.EncodeToString(c.X509Authorities()[0].SubjectKeyId)
+	n := 0
+	minted.Range(func(_, v any) bool {
+		sv := v.(*X509SVID)
+		if hex.EncodeToString(sv.Certificates[1].AuthorityKeyId) == cur {
+			n++
+			if err := verifyAt(t, c, sv.Certificates, time.Now()); err != nil {
+				t.Errorf("SVID of the current root does not verify: %v", err)
+				return false
+			}
+		}
+		return true
+	})
+	if hasKey(t, realTPMKeys{tp}, handleB) || !hasKey(t, realTPMKeys{tp}, handleA) {
+		t.Fatal("after two rotations and taints: want the key at the first handle only")
+	}
+	t.Logf("%d SVIDs of the current root verified", n)
+}
