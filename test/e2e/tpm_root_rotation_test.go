@@ -209,7 +209,7 @@ func TestTPMRootRotationNoFailures(t *testing.T) {
 	})
 
 	// Prepare: the new root is published, streamed, in status and metrics.
-	out, stderr, code := testutil.Run(t, bin, nil, "ca", "rotate", "--tpm-root", "--activate-after", "25s", "--data-dir", data)
+	out, stderr, code := testutil.Run(t, bin, nil, "ca", "rotate", "--tpm-root", "--activate-after", "30s", "--data-dir", data)
 	if code != 0 || !strings.Contains(out, "prepared: new TPM root") || !strings.Contains(out, "0x81000101") {
 		t.Fatalf("ca rotate --tpm-root: %d %s %s", code, out, stderr)
 	}
@@ -228,6 +228,8 @@ func TestTPMRootRotationNoFailures(t *testing.T) {
 	}
 
 	restart("prepared")
+	// The admin listener may answer a moment after the socket.
+	waitUntil("the status after a restart in the prepared phase", 10*time.Second, func() bool { return tpmRotAuthorities(admin) != nil })
 	if a, ok := tpmRotAuthorities(admin)[newID]; !ok || a.State != "prepared" {
 		t.Fatalf("after a restart in the prepared phase: %+v", tpmRotAuthorities(admin))
 	}
@@ -240,6 +242,7 @@ func TestTPMRootRotationNoFailures(t *testing.T) {
 	waitUntil("handshakes with SVIDs chained to the new root", 60*time.Second, func() bool { return seen(newID) > 0 })
 
 	restart("retired")
+	waitUntil("the status after a restart in the retired phase", 10*time.Second, func() bool { return tpmRotAuthorities(admin) != nil })
 	as := tpmRotAuthorities(admin)
 	if as[oldID].State != "retired" || as[oldID].DropsAt == nil || as[newID].State != "active" {
 		t.Fatalf("after a restart in the retired phase: %+v", as)
