@@ -414,3 +414,33 @@ func TestTPMRootRotationConcurrent(t *testing.T) {
 	}
 	t.Logf("%d SVIDs of the current root verified", n)
 }
+
+// BenchmarkTPMRootRotationCycle is one whole TPM root rotation on a real
+// swtpm, done at once: a new key created and persisted in the TPM, its
+// root self-signed by the TPM, an intermediate signed by it, the journal
+// written three times, then the old root tainted, dropped and its key
+// evicted (off the request path; for the record in BENCHMARKS.md).
+func BenchmarkTPMRootRotationCycle(b *testing.B) {
+	_, tp := swtpm.Start(b)
+	c, err := LoadOrCreate(Config{TrustDomain: td, Dir: dataDir(b), TPMKeys: realTPMKeys{tp}, TPMHandle: handleA, IntermediateTTL: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := c.RotateTPMRoot(0); err != nil {
+			b.Fatal(err)
+		}
+		var old string
+		for _, a := range c.Authorities() {
+			if a.Kind == KindX509 && a.State == StateRetired {
+				old = a.ID
+			}
+		}
+		if err := c.Taint(KindX509, old); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.advanceTPM(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
