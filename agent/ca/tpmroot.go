@@ -39,6 +39,10 @@ type TPMKeys interface {
 // ErrForeignKey: the object at a TPM handle is not a key this CA made.
 var ErrForeignKey = errors.New("not a signing key of this CA")
 
+// persistentHandleType is the top byte of a TPM persistent handle
+// (TPM_HT_PERSISTENT, 0x81xxxxxx).
+const persistentHandleType = 0x81
+
 // tpmTimeout bounds one TPM root lifecycle step (a few TPM commands).
 const tpmTimeout = 30 * time.Second
 
@@ -80,6 +84,7 @@ func (c *CA) loadTPMRoots(cfg Config) error {
 	rc := cfg
 	var active *authority
 	named := 0
+	handles := map[uint32]bool{}
 	kept := make([]*authority, 0, len(c.auths))
 	for _, a := range c.auths {
 		if a.TPMHandle == 0 {
@@ -87,6 +92,10 @@ func (c *CA) loadTPMRoots(cfg Config) error {
 			continue
 		}
 		named++
+		if a.TPMHandle>>24 != persistentHandleType || handles[a.TPMHandle] {
+			return fmt.Errorf("journal %s: %w: TPM root %s at %#x: not a persistent handle, or one named twice", filepath.Join(c.dir, JournalFile), ErrCorruptFile, a.ID, a.TPMHandle)
+		}
+		handles[a.TPMHandle] = true
 		path := filepath.Join(c.dir, a.PubFile)
 		switch a.State {
 		case StateActive, StatePrepared:
@@ -222,6 +231,9 @@ func (c *CA) RotateTPMRoot(activateAfter time.Duration) (string, error) {
 	}
 	pending := slices.Contains(c.tpmEvict, h)
 	c.mu.Unlock()
+	if h>>24 != persistentHandleType {
+		return "", fmt.Errorf("rotate TPM root: %w: %#x (ca.tpm_handle + 1) is not a persistent handle: set ca.tpm_handle to the first of two free persistent handles", ErrInvalidConfig, h)
+	}
 	if pending {
 		return "", fmt.Errorf("rotate TPM root: the key of an earlier root at %#x is not evicted yet (see the log); try again", h)
 	}
