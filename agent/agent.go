@@ -154,11 +154,9 @@ func New(cfg *config.Agent, log *slog.Logger, opts ...Option) (a *Agent, err err
 			if handle == 0 {
 				handle = config.DefaultTPMKeyHandle
 			}
-			signer, err := tp.SigningKey(ctx, handle)
-			if err != nil {
-				return nil, fmt.Errorf("ca.key tpm: %w", err)
-			}
-			caCfg.RootSigner = signer
+			// The CA loads (or creates) its root keys at handle and
+			// handle+1 (TPM root rotation, docs/keys.md).
+			caCfg.TPMKeys, caCfg.TPMHandle = tpmCAKeys{tp}, handle
 			caCfg.IntermediateTTL = time.Duration(cfg.CA.IntermediateTTL)
 		}
 	}
@@ -283,7 +281,7 @@ func openTPM(ctx context.Context, addr string) (*tpm.TPM, error) {
 // context. On give-up the load finishes (or times out in the TPM layer) in
 // the background and its result is dropped.
 func loadCA(ctx context.Context, cfg ca.Config) (*ca.CA, error) {
-	if cfg.RootSigner == nil {
+	if cfg.RootSigner == nil && cfg.TPMKeys == nil {
 		return ca.LoadOrCreate(cfg)
 	}
 	type result struct {

@@ -1,11 +1,16 @@
 package agent
 
 import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nodeward/nodeward/agent/ca"
+	"github.com/nodeward/nodeward/attestors/tpm"
 	"github.com/nodeward/nodeward/internal/audit"
 )
 
@@ -61,4 +66,44 @@ func (cc *caCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, t := range exp {
 		ch <- prometheus.MustNewConstMetric(cc.expiry, prometheus.GaugeValue, float64(t.Unix()), k.kind, k.state)
 	}
+}
+
+// tpmCAKeys is the TPM as the CA's root key store (ca.TPMKeys).
+type tpmCAKeys struct{ tp *tpm.TPM }
+
+var _ ca.TPMKeys = tpmCAKeys{}
+
+func (k tpmCAKeys) LoadOrCreateSigningKey(ctx context.Context, handle uint32) (crypto.Signer, error) {
+	s, err := k.tp.SigningKey(ctx, handle)
+	if err != nil {
+		return nil, fmt.Errorf("ca.key tpm: %w", err)
+	}
+	return s, nil
+}
+
+func (k tpmCAKeys) LoadSigningKey(ctx context.Context, handle uint32) (crypto.Signer, error) {
+	s, err := k.tp.LoadSigningKey(ctx, handle)
+	if errors.Is(err, tpm.ErrNoKey) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ca.key tpm: %w", err)
+	}
+	return s, nil
+}
+
+func (k tpmCAKeys) CreateSigningKey(ctx context.Context, handle uint32) (crypto.Signer, error) {
+	s, err := k.tp.CreateSigningKey(ctx, handle)
+	if err != nil {
+		return nil, fmt.Errorf("ca.key tpm: %w", err)
+	}
+	return s, nil
+}
+
+func (k tpmCAKeys) EvictSigningKey(ctx context.Context, handle uint32) error {
+	err := k.tp.EvictSigningKey(ctx, handle)
+	if errors.Is(err, tpm.ErrUnsupported) {
+		return fmt.Errorf("%w: %w", ca.ErrForeignKey, err)
+	}
+	return err
 }

@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -58,6 +59,16 @@ type Config struct {
 	// short-lived software intermediate that mints SVIDs, so the request
 	// path never waits on the key's device. See RotateIntermediate.
 	RootSigner crypto.Signer
+	// TPMKeys, when set instead of RootSigner, is the TPM holding the root
+	// keys: the CA loads (or at first creates) the root at TPMHandle, and
+	// RotateTPMRoot replaces it by a new TPM key at the other of the two
+	// handles TPMHandle and TPMHandle+1, published, activated and retired
+	// like a file-held root (tpmroot.go). The roots are tracked in
+	// JournalFile.
+	TPMKeys TPMKeys
+	// TPMHandle is the first of the two persistent handles of TPMKeys'
+	// root keys.
+	TPMHandle uint32
 	// IntermediateTTL is the intermediate's lifetime with RootSigner; zero
 	// means 24h. Rotate it at half its life (NextRotation).
 	IntermediateTTL time.Duration
@@ -94,8 +105,8 @@ type issuer struct {
 type jwtSigner struct {
 	signer   crypto.Signer
 	kid      string
-	header   string    // base64url of the JOSE header, precomputed
-	notAfter time.Time // JWT-SVIDs expire no later (zero: unbounded)
+	jose     jose.Signer // ES256 over signer, header {alg, kid, typ}
+	notAfter time.Time   // JWT-SVIDs expire no later (zero: unbounded)
 }
 
 // CA mints SVIDs for one trust domain. It is safe for concurrent use.
@@ -111,8 +122,19 @@ type CA struct {
 	jwt    atomic.Pointer[jwtSigner]
 	set    atomic.Pointer[keySet]
 
-	rootSigner      crypto.Signer // set when the root key is external
+	rootSigner      crypto.Signer // the active external root key (c.mu and tpmMu to change)
 	intermediateTTL time.Duration
+	// external: the root key is held outside the data dir (RootSigner or
+	// TPMKeys); set at load, never changed.
+	external bool
+	// TPM-held roots (tpmroot.go). tpmMu serialises every use of a TPM
+	// root key (intermediate signatures, TPM root rotation steps); it is
+	// taken before mu.
+	tpmMu    sync.Mutex
+	tpmKeys  TPMKeys
+	tpmBase  uint32
+	tpmEvict []uint32 // persistent handles to evict (journaled)
+	rootTTL  time.Duration
 
 	jwtIssuer string
 

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -21,25 +22,41 @@ const defaultIntermediateTTL = 24 * time.Hour
 // valid against the unchanged bundle until they expire. Without an
 // external root key it does nothing.
 func (c *CA) RotateIntermediate() error {
-	if c.rootSigner == nil {
+	if !c.external {
 		return nil
 	}
+	c.tpmMu.Lock()
+	defer c.tpmMu.Unlock()
+	c.mu.Lock()
+	root, signer := c.root, c.rootSigner
+	c.mu.Unlock()
+	iss, err := c.newIntermediate(root, signer)
+	if err != nil {
+		return err
+	}
+	c.issuer.Store(iss)
+	return nil
+}
+
+// newIntermediate makes a software intermediate certified by root (whose
+// key is signer): one signature by the root key's device.
+func (c *CA) newIntermediate(root *x509.Certificate, signer crypto.Signer) (*issuer, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("intermediate: generate key: %w", err)
+		return nil, fmt.Errorf("intermediate: generate key: %w", err)
 	}
 	sn, err := serial()
 	if err != nil {
-		return fmt.Errorf("intermediate: %w", err)
+		return nil, fmt.Errorf("intermediate: %w", err)
 	}
 	ski, err := subjectKeyID(&key.PublicKey)
 	if err != nil {
-		return fmt.Errorf("intermediate: %w", err)
+		return nil, fmt.Errorf("intermediate: %w", err)
 	}
 	now := c.clock()
 	notAfter := now.Add(c.intermediateTTL)
-	if notAfter.After(c.root.NotAfter) {
-		notAfter = c.root.NotAfter
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          sn,
@@ -53,27 +70,26 @@ func (c *CA) RotateIntermediate() error {
 		URIs:                  []*url.URL{c.td.ID().URL()},
 		SubjectKeyId:          ski,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.root, &key.PublicKey, c.rootSigner)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, &key.PublicKey, signer)
 	if err != nil {
-		return fmt.Errorf("intermediate: root key signature: %w", err)
+		return nil, fmt.Errorf("intermediate: root key signature: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return fmt.Errorf("intermediate: parse: %w", err)
+		return nil, fmt.Errorf("intermediate: parse: %w", err)
 	}
-	if err := cert.CheckSignatureFrom(c.root); err != nil {
-		return fmt.Errorf("intermediate: root key produced a bad signature: %w", err)
+	if err := cert.CheckSignatureFrom(root); err != nil {
+		return nil, fmt.Errorf("intermediate: root key produced a bad signature: %w", err)
 	}
 	// Half its life, counted from now: NotBefore is backdated for clock
 	// skew, and counting from it would rotate at once for short lifetimes.
-	c.issuer.Store(&issuer{cert: cert, signer: key, rotateAt: now.Add(notAfter.Sub(now) / 2), notAfter: cert.NotAfter, intermediate: true})
-	return nil
+	return &issuer{cert: cert, signer: key, rotateAt: now.Add(notAfter.Sub(now) / 2), notAfter: cert.NotAfter, intermediate: true}, nil
 }
 
 // NextRotation is when the intermediate should be replaced (half its
 // lifetime); zero without an external root key.
 func (c *CA) NextRotation() time.Time {
-	if c.rootSigner == nil {
+	if !c.external {
 		return time.Time{}
 	}
 	return c.issuer.Load().rotateAt
@@ -82,7 +98,7 @@ func (c *CA) NextRotation() time.Time {
 // Intermediate returns the current intermediate certificate, nil without an
 // external root key.
 func (c *CA) Intermediate() *x509.Certificate {
-	if c.rootSigner == nil {
+	if !c.external {
 		return nil
 	}
 	return c.issuer.Load().cert

@@ -11,9 +11,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/big"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -83,35 +86,49 @@ func (c *CA) MintJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (
 	return &JWT{Token: token, ExpiresAt: exp, JTI: jti}, nil
 }
 
-// signJWS returns header.payload.signature with the precomputed header and
-// an ES256 signature: r and s as fixed 32-byte big-endian integers (RFC 7518
-// section 3.4), not ASN.1.
-//
-// The signature goes through a crypto.Signer (an ASN.1 ECDSA signature,
-// converted), so a key held in a device can sign JWT-SVIDs too.
+// signJWS signs payload as a compact JWS (ES256, header {alg, kid, typ})
+// with go-jose over the active key's crypto.Signer (cryptosigner.Opaque, as
+// SPIRE does), so a key held in a device can sign JWT-SVIDs too.
+// BENCHMARKS.md ("JWT signing") compares it with the hand-made JWS it
+// replaced.
 func signJWS(js *jwtSigner, payload []byte) (string, error) {
-	enc := base64.RawURLEncoding
-	buf := make([]byte, 0, len(js.header)+1+enc.EncodedLen(len(payload))+1+enc.EncodedLen(64))
-	buf = append(buf, js.header...)
-	buf = append(buf, '.')
-	buf = enc.AppendEncode(buf, payload)
-	digest := sha256.Sum256(buf)
-	der, err := js.signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	obj, err := js.jose.Sign(payload)
 	if err != nil {
 		return "", fmt.Errorf("sign: %w", err)
+	}
+	token, err := obj.CompactSerialize()
+	if err != nil {
+		return "", fmt.Errorf("sign: %w", err)
+	}
+	return token, nil
+}
+
+// newJOSESigner is the go-jose ES256 signer of key (kid, typ JWT).
+func newJOSESigner(key crypto.Signer, kid string) (jose.Signer, error) {
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: cryptosigner.Opaque(checkedSigner{key})},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
+	if err != nil {
+		return nil, fmt.Errorf("jwt signer %s: %w", kid, err)
+	}
+	return s, nil
+}
+
+// checkedSigner refuses a malformed ECDSA signature from its signer (a
+// device): go-jose converts it to r||s assuming r and s fit in 32 bytes.
+type checkedSigner struct{ crypto.Signer }
+
+func (s checkedSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	der, err := s.Signer.Sign(r, digest, opts)
+	if err != nil {
+		return nil, err
 	}
 	var rs struct{ R, S *big.Int }
 	rest, err := asn1.Unmarshal(der, &rs)
 	if err != nil || len(rest) != 0 || rs.R == nil || rs.S == nil ||
 		rs.R.Sign() <= 0 || rs.S.Sign() <= 0 || rs.R.BitLen() > 256 || rs.S.BitLen() > 256 {
-		return "", fmt.Errorf("sign: %w: the signer returned a malformed ECDSA signature", ErrCorruptFile)
+		return nil, fmt.Errorf("%w: the signer returned a malformed ECDSA signature", ErrCorruptFile)
 	}
-	var sig [64]byte
-	rs.R.FillBytes(sig[:32])
-	rs.S.FillBytes(sig[32:])
-	buf = append(buf, '.')
-	buf = enc.AppendEncode(buf, sig[:])
-	return string(buf), nil
+	return der, nil
 }
 
 // keyID is the base64url (unpadded) of the first 24 bytes of the SHA-256 of
@@ -123,19 +140,6 @@ func keyID(pub crypto.PublicKey) (string, error) {
 	}
 	sum := sha256.Sum256(der)
 	return base64.RawURLEncoding.EncodeToString(sum[:24]), nil
-}
-
-// jwtHeader returns the base64url JOSE header for kid.
-func jwtHeader(kid string) (string, error) {
-	hdr, err := json.Marshal(struct {
-		Alg string `json:"alg"`
-		Kid string `json:"kid"`
-		Typ string `json:"typ"`
-	}{"ES256", kid, "JWT"})
-	if err != nil {
-		return "", fmt.Errorf("jwt header: %w", err)
-	}
-	return base64.RawURLEncoding.EncodeToString(hdr), nil
 }
 
 // jwk is one public P-256 key of a JWKS.

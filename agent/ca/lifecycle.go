@@ -3,6 +3,7 @@ package ca
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/hex"
@@ -82,6 +83,11 @@ type AuthorityStatus struct {
 	Serial  string    `json:"serial,omitempty"` // root serial (hex)
 	State   string    `json:"state"`
 	Expires time.Time `json:"expires"`
+	// TPM-held roots only: the persistent handle (hex), when a prepared
+	// root becomes active, and when a retired one leaves the bundle.
+	TPMHandle   string     `json:"tpm_handle,omitempty"`
+	ActivatesAt *time.Time `json:"activates_at,omitempty"`
+	DropsAt     *time.Time `json:"drops_at,omitempty"`
 }
 
 // authority is one key of the set, as journaled.
@@ -94,9 +100,17 @@ type authority struct {
 	Start    time.Time `json:"start"`
 	Expires  time.Time `json:"expires"`
 	Migrated bool      `json:"migrated,omitempty"`
+	// A TPM-held root (tpmroot.go) has no key file: its key is persisted
+	// in the TPM at TPMHandle. A prepared one becomes active at
+	// ActivateAt; a retired one is dropped at DropAt (the expiry of the
+	// last intermediate it signed).
+	TPMHandle  uint32    `json:"tpm_handle,omitempty"`
+	ActivateAt time.Time `json:"activate_at,omitzero"`
+	DropAt     time.Time `json:"drop_at,omitzero"`
 
 	key     *ecdsa.PrivateKey
 	cert    *x509.Certificate // x509 only
+	signer  crypto.Signer     // TPM-held root (active or prepared)
 	removed bool              // both files gone at load: forgotten
 }
 
@@ -104,6 +118,9 @@ type journal struct {
 	Version     int          `json:"version"`
 	Sequence    uint64       `json:"sequence"`
 	Authorities []*authority `json:"authorities"`
+	// TPMEvict are persistent handles of TPM root keys to evict: dropped
+	// roots, and a key whose creation was interrupted.
+	TPMEvict []uint32 `json:"tpm_evict,omitempty"`
 }
 
 // Snapshot returns the current bundle snapshot (lock-free).
@@ -138,13 +155,24 @@ func (c *CA) Authorities() []AuthorityStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]AuthorityStatus, 0, len(c.auths)+1)
-	if c.rootSigner != nil {
+	if c.rootSigner != nil && c.tpmKeys == nil {
 		out = append(out, AuthorityStatus{Kind: KindX509, ID: hex.EncodeToString(c.root.SubjectKeyId), Serial: c.root.SerialNumber.Text(16), State: StateActive, Expires: c.root.NotAfter})
 	}
 	for _, a := range c.auths {
 		s := AuthorityStatus{Kind: a.Kind, ID: a.ID, State: a.State, Expires: a.Expires}
 		if a.cert != nil {
 			s.Serial = a.cert.SerialNumber.Text(16)
+		}
+		if a.TPMHandle != 0 {
+			s.TPMHandle = fmt.Sprintf("%#x", a.TPMHandle)
+			if a.State == StatePrepared {
+				t := a.ActivateAt
+				s.ActivatesAt = &t
+			}
+			if a.State == StateRetired {
+				t := a.DropAt
+				s.DropsAt = &t
+			}
 		}
 		out = append(out, s)
 	}
@@ -163,6 +191,9 @@ func (c *CA) Run(ctx context.Context) error {
 		}
 		if err := c.Advance(); err != nil {
 			c.log.Error("CA key lifecycle", "error", err)
+		}
+		if err := c.advanceTPM(); err != nil {
+			c.log.Error("CA TPM root lifecycle", "error", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -198,7 +229,7 @@ func (c *CA) Advance() error {
 // kinds are the rotating key kinds.
 func (c *CA) kinds() []string {
 	var ks []string
-	if c.x509TTL > 0 && c.rootSigner == nil {
+	if c.x509TTL > 0 && !c.external {
 		ks = append(ks, KindX509)
 	}
 	if c.jwtKeyTTL > 0 {
@@ -293,6 +324,9 @@ func (c *CA) drop(a *authority) {
 	}
 	c.auths = out
 	c.dropped = append(c.dropped, a)
+	if a.TPMHandle != 0 {
+		c.tpmEvict = append(c.tpmEvict, a.TPMHandle)
+	}
 	c.event("drop", a)
 }
 
@@ -365,8 +399,8 @@ func (c *CA) Rotate(kind string) error {
 	if kind != KindX509 && kind != KindJWT {
 		return fmt.Errorf("rotate: %w: unknown key kind %q", ErrInvalidConfig, kind)
 	}
-	if kind == KindX509 && c.rootSigner != nil {
-		return fmt.Errorf("rotate: %w: the root key is held in the TPM; it is not rotated by this command", ErrInvalidConfig)
+	if kind == KindX509 && c.external {
+		return fmt.Errorf("rotate: %w: the root key is held in the TPM; it is not rotated by this command: use `nodeward ca rotate --tpm-root`", ErrInvalidConfig)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -427,23 +461,30 @@ func (c *CA) Taint(kind, ref string) error {
 	return fmt.Errorf("taint %s %q: %w", kind, ref, ErrNotFound)
 }
 
+// savedAuths is a copy of the key set (saveAuths).
+type savedAuths struct {
+	auths []authority
+	evict []uint32
+}
+
 // saveAuths copies the key set so a failed commit can restore it.
-func (c *CA) saveAuths() []authority {
-	out := make([]authority, len(c.auths))
+func (c *CA) saveAuths() savedAuths {
+	out := savedAuths{auths: make([]authority, len(c.auths)), evict: append([]uint32(nil), c.tpmEvict...)}
 	for i, a := range c.auths {
-		out[i] = *a
+		out.auths[i] = *a
 	}
 	return out
 }
 
 // restoreAuths undoes the in-memory steps since saveAuths: nothing of them
 // reached the journal, so the next pass makes them again.
-func (c *CA) restoreAuths(saved []authority) {
+func (c *CA) restoreAuths(saved savedAuths) {
 	c.auths = c.auths[:0:0]
-	for i := range saved {
-		a := saved[i]
+	for i := range saved.auths {
+		a := saved.auths[i]
 		c.auths = append(c.auths, &a)
 	}
+	c.tpmEvict = saved.evict
 	c.dropped = nil
 }
 
@@ -453,7 +494,7 @@ func (c *CA) restoreAuths(saved []authority) {
 func (c *CA) commit() error {
 	c.sequence++
 	if c.x509TTL > 0 || c.jwtKeyTTL > 0 || len(c.auths) > 0 {
-		j := journal{Version: 1, Sequence: c.sequence, Authorities: c.auths}
+		j := journal{Version: 1, Sequence: c.sequence, Authorities: c.auths, TPMEvict: c.tpmEvict}
 		data, err := json.MarshalIndent(j, "", "  ")
 		if err != nil {
 			return fmt.Errorf("journal: %w", err)
@@ -465,6 +506,9 @@ func (c *CA) commit() error {
 	}
 	for _, a := range c.dropped {
 		for _, f := range []string{a.KeyFile, a.PubFile} {
+			if f == "" {
+				continue // a TPM-held root has no key file
+			}
 			if err := os.Remove(filepath.Join(c.dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				c.log.Warn("could not remove a dropped key's file", "file", f, "error", err)
 			}
@@ -485,8 +529,8 @@ func (c *CA) publish() error {
 	}
 	b := spiffebundle.New(c.td)
 	var keys, oidc []jwk
-	if c.root != nil {
-		snap.X509 = append(snap.X509, c.root)
+	if c.root != nil && c.tpmKeys == nil {
+		snap.X509 = append(snap.X509, c.root) // RootSigner: not journaled
 	}
 	for _, a := range c.auths {
 		if a.State == StateTainted {
@@ -494,7 +538,7 @@ func (c *CA) publish() error {
 		}
 		if a.Kind == KindX509 {
 			snap.X509 = append(snap.X509, a.cert)
-			if a.State == StateActive && c.rootSigner == nil {
+			if a.State == StateActive && !c.external {
 				c.issuer.Store(&issuer{cert: a.cert, signer: a.key, notAfter: minTime(a.cert.NotAfter, a.Expires)})
 			}
 			continue
@@ -512,11 +556,11 @@ func (c *CA) publish() error {
 			return fmt.Errorf("bundle: %w", err)
 		}
 		if a.State == StateActive {
-			hdr, err := jwtHeader(a.ID)
+			js0, err := newJOSESigner(a.key, a.ID)
 			if err != nil {
 				return err
 			}
-			js := &jwtSigner{signer: a.key, kid: a.ID, header: hdr}
+			js := &jwtSigner{signer: a.key, kid: a.ID, jose: js0}
 			if c.jwtKeyTTL > 0 || a.Migrated {
 				js.notAfter = a.Expires
 			}
@@ -576,6 +620,21 @@ func (c *CA) loadJournal() (found bool, err error) {
 	}
 	active := map[string]int{}
 	for _, a := range j.Authorities {
+		if a != nil && a.TPMHandle != 0 {
+			// A TPM-held root: loaded by loadTPMRoots.
+			if c.tpmKeys == nil {
+				return false, fmt.Errorf("journal %s: %w: it names TPM-held roots but ca.key is not tpm: set ca.key tpm again, or move it aside to start with file-held roots", path, ErrCorruptFile)
+			}
+			if a.Kind != KindX509 || a.KeyFile != "" || !validFileName(a.PubFile) {
+				return false, fmt.Errorf("journal %s: %w: bad TPM root entry", path, ErrCorruptFile)
+			}
+			switch a.State {
+			case StatePrepared, StateActive, StateRetired, StateTainted:
+			default:
+				return false, fmt.Errorf("journal %s: %w: unknown state %q", path, ErrCorruptFile, a.State)
+			}
+			continue
+		}
 		if a == nil || (a.Kind != KindX509 && a.Kind != KindJWT) || !validFileName(a.KeyFile) || !validFileName(a.PubFile) {
 			return false, fmt.Errorf("journal %s: %w: bad authority entry", path, ErrCorruptFile)
 		}
@@ -586,7 +645,7 @@ func (c *CA) loadJournal() (found bool, err error) {
 		default:
 			return false, fmt.Errorf("journal %s: %w: unknown state %q", path, ErrCorruptFile, a.State)
 		}
-		if a.Kind == KindX509 && c.rootSigner != nil {
+		if a.Kind == KindX509 && c.external {
 			return false, fmt.Errorf("journal %s: %w: it names file-held roots but ca.key is tpm: move it aside to use the TPM root", path, ErrCorruptFile)
 		}
 		p := keyPair{key: a.KeyFile, other: a.PubFile, what: a.Kind + " key"}
@@ -635,6 +694,7 @@ func (c *CA) loadJournal() (found bool, err error) {
 		case a.removed:
 			removedActive[a.Kind] = removedActive[a.Kind] || a.State == StateActive
 			continue
+		case a.TPMHandle != 0:
 		case a.State == StateActive:
 			active[a.Kind]++
 		}
@@ -643,7 +703,7 @@ func (c *CA) loadJournal() (found bool, err error) {
 	c.forgot = len(kept) != len(j.Authorities)
 	j.Authorities = kept
 	for _, kind := range []string{KindX509, KindJWT} {
-		if kind == KindX509 && c.rootSigner != nil {
+		if kind == KindX509 && c.external {
 			continue
 		}
 		if active[kind] == 0 && removedActive[kind] {
@@ -654,7 +714,7 @@ func (c *CA) loadJournal() (found bool, err error) {
 			return false, fmt.Errorf("journal %s: %w: %d active %s keys, want 1 (switched ca.key from tpm to file? move %s aside to migrate the single-key files again)", path, ErrCorruptFile, active[kind], kind, JournalFile)
 		}
 	}
-	c.auths, c.sequence = j.Authorities, j.Sequence
+	c.auths, c.sequence, c.tpmEvict = j.Authorities, j.Sequence, j.TPMEvict
 	return true, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nodeward/nodeward/internal/atomicfile"
 )
@@ -26,9 +27,13 @@ const RequestDir = "ca_requests"
 
 // Request is one operator request.
 type Request struct {
-	Action string `json:"action"` // "rotate" or "taint"
+	Action string `json:"action"` // "rotate", "taint" or "rotate-tpm-root"
 	Kind   string `json:"kind"`   // KindX509 or KindJWT
 	Ref    string `json:"ref,omitempty"`
+	// ActivateAfter is, for rotate-tpm-root, how long the new root is
+	// published before it signs (a Go duration; "" means twice the bundle
+	// refresh hint).
+	ActivateAfter string `json:"activate_after,omitempty"`
 }
 
 // Outcome is what the agent wrote for a request (NAME.done).
@@ -36,6 +41,9 @@ type Outcome struct {
 	OK      bool   `json:"ok"`
 	Message string `json:"message"`
 }
+
+// maxActivateAfter bounds Request.ActivateAfter (as config durations are).
+const maxActivateAfter = 8760 * time.Hour
 
 var requestName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}\.req$`)
 
@@ -53,6 +61,16 @@ func (c *CA) Apply(r Request) (string, error) {
 		}
 		c.mu.Unlock()
 		return fmt.Sprintf("rotated: new active %s authority %s; the previous one stays published until it expires (taint it to drop it now)", r.Kind, id), nil
+	case "rotate-tpm-root":
+		after := time.Duration(-1)
+		if r.ActivateAfter != "" {
+			d, err := time.ParseDuration(r.ActivateAfter)
+			if err != nil || d < 0 || d > maxActivateAfter {
+				return "", fmt.Errorf("%w: activate_after %q is not a duration from 0s to %v", ErrInvalidConfig, r.ActivateAfter, maxActivateAfter)
+			}
+			after = d
+		}
+		return c.RotateTPMRoot(after)
 	case "taint":
 		if err := c.Taint(r.Kind, r.Ref); err != nil {
 			return "", err

@@ -114,7 +114,11 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 	if cfg.KeyTTL < 0 || cfg.JWTKeyTTL < 0 {
 		return nil, fmt.Errorf("ca: %w: negative key ttl", ErrInvalidConfig)
 	}
-	if cfg.KeyTTL > 0 && cfg.RootSigner == nil {
+	if cfg.RootSigner != nil && cfg.TPMKeys != nil {
+		return nil, fmt.Errorf("ca: %w: RootSigner and TPMKeys are exclusive", ErrInvalidConfig)
+	}
+	external := cfg.RootSigner != nil || cfg.TPMKeys != nil
+	if cfg.KeyTTL > 0 && !external {
 		cfg.RootTTL = cfg.KeyTTL
 	}
 	c := &CA{
@@ -130,8 +134,12 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 		// Set before the journal is read: it decides whether file-held
 		// roots belong in it.
 		rootSigner: cfg.RootSigner,
+		external:   external,
+		tpmKeys:    cfg.TPMKeys,
+		tpmBase:    cfg.TPMHandle,
+		rootTTL:    cfg.RootTTL,
 	}
-	if cfg.RootSigner != nil {
+	if external {
 		c.x509TTL = 0
 	}
 	if c.tick <= 0 {
@@ -146,13 +154,20 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 			return nil, err
 		}
 	}
-	if cfg.RootSigner != nil {
-		root, err := loadOrCreateRoot(cfg, cfg.RootSigner, TPMRootCertFile)
-		if err != nil {
+	if cfg.TPMKeys != nil {
+		if err := c.loadTPMRoots(cfg); err != nil {
 			return nil, err
 		}
-		c.root = root
-		c.rootSigner = cfg.RootSigner
+	}
+	if external {
+		if cfg.RootSigner != nil {
+			root, err := loadOrCreateRoot(cfg, cfg.RootSigner, TPMRootCertFile)
+			if err != nil {
+				return nil, err
+			}
+			c.root = root
+			c.rootSigner = cfg.RootSigner
+		}
 		c.intermediateTTL = cfg.IntermediateTTL
 		if c.intermediateTTL <= 0 {
 			c.intermediateTTL = defaultIntermediateTTL
@@ -207,7 +222,7 @@ func LoadOrCreate(cfg Config) (*CA, error) {
 // ca_cert.pem (unless the root is TPM-held) and jwt_key.pem, as the active
 // authorities.
 func (c *CA) loadLegacy(cfg Config) error {
-	if cfg.RootSigner == nil {
+	if !c.external {
 		k, r, err := loadOrCreateRootPair(cfg)
 		if err != nil {
 			return err

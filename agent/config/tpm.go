@@ -55,7 +55,8 @@ type CA struct {
 	// non-exportable key in the TPM that signs a rotating software
 	// intermediate; needs the tpm section).
 	Key string
-	// TPMHandle is the persistent handle of the TPM key (default 0x81000100).
+	// TPMHandle is the persistent handle of the TPM key (default 0x81000100);
+	// `nodeward ca rotate --tpm-root` uses TPMHandle+1 too (docs/keys.md).
 	TPMHandle uint32
 	// IntermediateTTL is the intermediate's lifetime with key: tpm (default 24h).
 	IntermediateTTL Duration

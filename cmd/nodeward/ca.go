@@ -22,12 +22,15 @@ import (
 // apply its request (the agent polls every second).
 const caRequestWait = 10 * time.Second
 
-// runCA is `nodeward ca rotate [--jwt]` and `nodeward ca taint [--jwt] ID`:
-// it leaves a request in data_dir/ca_requests for the running agent and
-// prints the outcome.
+// runCA is `nodeward ca rotate [--jwt]`, `nodeward ca rotate --tpm-root
+// [--activate-after D]` and `nodeward ca taint [--jwt] ID`: it leaves a
+// request in data_dir/ca_requests for the running agent and prints the
+// outcome.
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("ca", stderr)
 	jwt := fs.Bool("jwt", false, "the JWT signing key instead of the X.509 root")
+	tpmRoot := fs.Bool("tpm-root", false, "rotate: a new TPM-held root (ca.key tpm), published first, active after --activate-after")
+	activateAfter := fs.String("activate-after", "", "with --tpm-root: how long the new root is published before it signs (default twice the bundle refresh hint; 0s: at once)")
 	dataDir := fs.String("data-dir", config.DefaultDataDir(), "the agent's data_dir")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -36,15 +39,25 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *jwt {
 		kind = ca.KindJWT
 	}
+	const usage = "ca rotate [--jwt] [--data-dir DIR] | ca rotate --tpm-root [--activate-after DURATION] [--data-dir DIR] | ca taint [--jwt] [--data-dir DIR] AUTHORITY_ID|SERIAL|KID"
+	if *activateAfter != "" {
+		if d, err := time.ParseDuration(*activateAfter); err != nil || d < 0 {
+			return fmt.Errorf("%w: --activate-after %q: want a duration such as 10m or 0s: %s", errUsage, *activateAfter, usage)
+		}
+	}
 	rest := fs.Args()
 	var req ca.Request
 	switch {
+	case len(rest) == 1 && rest[0] == "rotate" && *tpmRoot && !*jwt:
+		req = ca.Request{Action: "rotate-tpm-root", Kind: ca.KindX509, ActivateAfter: *activateAfter}
+	case *tpmRoot || *activateAfter != "":
+		return fmt.Errorf("%w: --tpm-root (with --activate-after) only with rotate, not with --jwt: %s", errUsage, usage)
 	case len(rest) == 1 && rest[0] == "rotate":
 		req = ca.Request{Action: "rotate", Kind: kind}
 	case len(rest) == 2 && rest[0] == "taint" && rest[1] != "":
 		req = ca.Request{Action: "taint", Kind: kind, Ref: rest[1]}
 	default:
-		return fmt.Errorf("%w: ca rotate [--jwt] [--data-dir DIR] | ca taint [--jwt] [--data-dir DIR] AUTHORITY_ID|SERIAL|KID", errUsage)
+		return fmt.Errorf("%w: %s", errUsage, usage)
 	}
 	return caRequest(ctx, *dataDir, req, stdout)
 }

@@ -16,7 +16,9 @@ import (
 
 // TestCACommandUsage: wrong words are usage errors (exit 2).
 func TestCACommandUsage(t *testing.T) {
-	for _, args := range [][]string{{"ca"}, {"ca", "rotate", "x"}, {"ca", "taint"}, {"ca", "bogus"}} {
+	for _, args := range [][]string{{"ca"}, {"ca", "rotate", "x"}, {"ca", "taint"}, {"ca", "bogus"},
+		{"ca", "rotate", "--tpm-root", "--jwt"}, {"ca", "taint", "--tpm-root", "abc"}, {"ca", "rotate", "--activate-after", "5s"},
+		{"ca", "rotate", "--tpm-root", "--activate-after", "soon"}, {"ca", "rotate", "--tpm-root", "--activate-after", "-5s"}} {
 		var out, errb bytes.Buffer
 		if code := run(args, &out, &errb); code != 2 || !strings.Contains(errb.String(), "ca rotate [--jwt]") {
 			t.Errorf("%v: exit %d, stderr %q", args, code, errb.String())
@@ -56,5 +58,12 @@ func TestCACommandAgainstRunningCA(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, ca.RequestDir)); err != nil {
 		t.Fatal(err)
+	}
+	// A file-held root has no TPM root to rotate: the agent says which
+	// command to use instead.
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"ca", "rotate", "--tpm-root", "--data-dir", dir}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "not held in the TPM") {
+		t.Fatalf("rotate --tpm-root of a file-held root: exit %d, %q %q", code, out.String(), errb.String())
 	}
 }

@@ -50,7 +50,7 @@ func commands() []command {
 		{"status", "status [--admin ADDR] [--json]   show identities, entries, streams and caches", runStatus},
 		{"inventory", "inventory [--admin ADDR] [--json|--csv] | inventory enable ENTRY_ID  the identity inventory; re-enable a stale-disabled entry", runInventory},
 		{"gameday", "gameday --upstream NAME [--broker SOCK] [--outage 60s] [--json]  rehearse an IdP outage on this node (bounded, reverted)", runGameday},
-		{"ca", "ca rotate [--jwt] | ca taint [--jwt] AUTHORITY_ID|SERIAL|KID  rotate the CA root or JWT key now; drop an old one from the bundle", runCA},
+		{"ca", "ca rotate [--jwt|--tpm-root] | ca taint [--jwt] AUTHORITY_ID|SERIAL|KID  rotate the CA root or JWT key now; drop an old one from the bundle", runCA},
 		{"healthcheck", "healthcheck [--socket S]        exit 0 when the agent answers", runHealthcheck},
 		{"version", "version                         print the version", runVersion},
 	}
