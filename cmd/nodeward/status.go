@@ -122,7 +122,17 @@ func printAgentStatus(stdout io.Writer, st *agent.Status) error {
 		if !au.Expires.IsZero() {
 			exp = au.Expires.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(stdout, "ca %-4s      %-8s %s (expires %s)\n", au.Kind, au.State, au.ID, exp)
+		extra := ""
+		if au.TPMHandle != "" {
+			extra += ", tpm handle " + au.TPMHandle
+		}
+		if au.ActivatesAt != nil {
+			extra += ", activates " + au.ActivatesAt.UTC().Format(time.RFC3339)
+		}
+		if au.DropsAt != nil {
+			extra += ", leaves the bundle " + au.DropsAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(stdout, "ca %-4s      %-8s %s (expires %s%s)\n", au.Kind, au.State, au.ID, exp, extra)
 	}
 	var streams []string
 	for rpc, n := range st.Streams {

@@ -222,6 +222,10 @@ func TestTPMRootRotationNoFailures(t *testing.T) {
 	if newID == "" {
 		t.Fatalf("status after prepare: %+v", tpmRotAuthorities(admin))
 	}
+	if out, _, code := testutil.Run(t, bin, nil, "status", "--admin", admin); code != 0 || !strings.Contains(out, "prepared") ||
+		!strings.Contains(out, "tpm handle 0x81000101, activates ") {
+		t.Fatalf("status text after prepare:\n%s", out)
+	}
 	waitUntil("the streamed bundle with both roots", 10*time.Second, func() bool { return bundleRoots() == 2 })
 	if m := tpmRotMetrics(t, admin); !strings.Contains(m, `nodeward_ca_authorities{kind="x509",state="prepared"} 1`) {
 		t.Fatalf("metrics after prepare lack one prepared x509 tpmRotAuthority:\n%s", tpmRotLines(m, "nodeward_ca_authorities"))
