@@ -35,6 +35,8 @@ import (
 // and `ca taint` drop the old root, and the open streams get SVIDs of the
 // new one.
 func TestCARotationNoFailures(t *testing.T) {
+	// Mostly waits on key lifetimes: runs beside the other long waits.
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs through two key rotations (about 90s)")
 	}

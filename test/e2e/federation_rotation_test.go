@@ -28,6 +28,8 @@ import (
 // b.test keeps calling a server in a.test, and a.test keeps validating
 // b.test's JWT-SVIDs, across the rotation: not one failure.
 func TestFederationRootRotationReachesPeer(t *testing.T) {
+	// Mostly waits on key lifetimes: runs beside the other long waits.
+	t.Parallel()
 	a := &fedNode{td: "a.test", dir: testutil.SocketDir(t), endpoint: "127.0.0.1:" + testutil.FreePort(t), admin: "127.0.0.1:" + testutil.FreePort(t)}
 	b := &fedNode{td: "b.test", dir: testutil.SocketDir(t), endpoint: "127.0.0.1:" + testutil.FreePort(t), admin: "127.0.0.1:" + testutil.FreePort(t)}
 	config := func(n *fedNode, federation string) {

@@ -71,6 +71,8 @@ func tpmRotAuthorities(admin string) map[string]tpmRotAuthority {
 // root signs, the old one leaves the bundle when the last intermediate it
 // signed expires and its key leaves the TPM; not one handshake fails.
 func TestTPMRootRotationNoFailures(t *testing.T) {
+	// Mostly waits on key lifetimes: runs beside the other long waits.
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs through a TPM root rotation with two restarts (about 90s)")
 	}
