@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nodeward/nodeward/test/spire"
 	"github.com/nodeward/nodeward/test/testutil"
@@ -138,7 +140,9 @@ func mtlsOnce(t *testing.T, srvSrc, cliSrc *workloadapi.X509Source, serverID, cl
 // authenticate each other, each authorizing the other's exact SPIFFE ID;
 // then the roles swap (server on B, client on A). A JWT-SVID minted through
 // B validates against the JWT bundles fetched from A (and through A's
-// ValidateJWTSVID), and one minted through A against B's.
+// ValidateJWTSVID), and one minted through A against B's. Both 30 s
+// X.509-SVIDs rotate and the handshakes pass again both ways; the entries
+// deleted on the server are gone from both nodes.
 func TestSpireAgentInterop(t *testing.T) {
 	start := time.Now()
 	s := spire.Start(t, spire.Options{TrustDomain: "interop.test", CacheReloadInterval: time.Second})
@@ -149,8 +153,10 @@ func TestSpireAgentInterop(t *testing.T) {
 	}
 	uidSel := fmt.Sprintf("unix:uid:%d", os.Geteuid())
 	svcA, svcB := s.ID("/interop/on-nodeward"), s.ID("/interop/on-spire-agent")
-	s.EntryCreate(spire.Entry{ParentID: agentA, SPIFFEID: svcA, Selectors: []string{uidSel}})
-	s.EntryCreate(spire.Entry{ParentID: b.ID, SPIFFEID: svcB, Selectors: []string{uidSel}})
+	// 30 s X.509-SVIDs, so that both rotate during the test.
+	const ttl = 30
+	idA := s.EntryCreate(spire.Entry{ParentID: agentA, SPIFFEID: svcA, Selectors: []string{uidSel}, X509SVIDTTL: ttl})
+	idB := s.EntryCreate(spire.Entry{ParentID: b.ID, SPIFFEID: svcB, Selectors: []string{uidSel}, X509SVIDTTL: ttl})
 
 	// Node A's own identity is the join-token agent ID the entry names.
 	out, errOut, code := testutil.Run(t, bin, nil, "status", "--admin", a.admin)
@@ -292,5 +298,68 @@ func TestSpireAgentInterop(t *testing.T) {
 	if v, err := workloadapi.ValidateJWTSVID(ctx, jwtA.Marshal(), aud, workloadapi.WithAddr("unix://"+b.SocketPath)); err != nil || v.ID.String() != svcA {
 		t.Fatalf("spire-agent's ValidateJWTSVID of nodeward's JWT-SVID: %v, %v", v, err)
 	}
+
+	// Both SVIDs rotate (each agent on its own schedule) and reach the
+	// sources over their open streams; the handshakes still pass both ways.
+	rotStart := time.Now()
+	deadline := rotStart.Add(2 * ttl * time.Second)
+	for {
+		nowA, errA := srcA.GetX509SVID()
+		nowB, errB := srcB.GetX509SVID()
+		if errA == nil && errB == nil && nowA.Certificates[0].SerialNumber.Cmp(svA.Certificates[0].SerialNumber) != 0 &&
+			nowB.Certificates[0].SerialNumber.Cmp(svB.Certificates[0].SerialNumber) != 0 {
+			if nowA.ID.String() != svcA || nowB.ID.String() != svcB {
+				t.Fatalf("rotated SVIDs are %s and %s, want %s and %s", nowA.ID, nowB.ID, svcA, svcB)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SVIDs did not both rotate within %s (nodeward rotated: %v, spire-agent rotated: %v)", 2*ttl*time.Second,
+				errA == nil && nowA.Certificates[0].SerialNumber.Cmp(svA.Certificates[0].SerialNumber) != 0,
+				errB == nil && nowB.Certificates[0].SerialNumber.Cmp(svB.Certificates[0].SerialNumber) != 0)
+		}
+		time.Sleep(200 * time.Millisecond) // polling interval
+	}
+	t.Logf("both %ds SVIDs rotated, seen %v after polling began", ttl, time.Since(rotStart).Round(10*time.Millisecond))
+	if saw, err := mtlsOnce(t, srcA, srcB, svcA, svcB); err != nil || saw != svcB {
+		t.Fatalf("after rotation, server on nodeward <- client on spire-agent: saw %q, %v", saw, err)
+	}
+	if saw, err := mtlsOnce(t, srcB, srcA, svcB, svcA); err != nil || saw != svcA {
+		t.Fatalf("after rotation, server on spire-agent <- client on nodeward: saw %q, %v", saw, err)
+	}
+
+	// Revocation from one place reaches both kinds of node: the entries
+	// deleted on the server, neither node serves them any more.
+	delStart := time.Now()
+	s.EntryDelete(idA)
+	s.EntryDelete(idB)
+	gone := map[string]time.Duration{}
+	deadline = delStart.Add(60 * time.Second)
+	for len(gone) < 2 {
+		for name, c := range map[string]struct{ sock, id string }{"nodeward": {a.sock, svcA}, "spire-agent": {b.SocketPath, svcB}} {
+			if _, done := gone[name]; done {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			xc, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+c.sock))
+			cancel()
+			// Gone: served without it, or no identity at all (PermissionDenied);
+			// any other error (Unavailable) proves nothing.
+			still := err != nil && status.Code(err) != codes.PermissionDenied
+			if err == nil {
+				for _, sv := range xc.SVIDs {
+					still = still || sv.ID.String() == c.id
+				}
+			}
+			if !still {
+				gone[name] = time.Since(delStart)
+			}
+		}
+		if len(gone) < 2 && time.Now().After(deadline) {
+			t.Fatalf("deleted entries still served 60s later (gone so far: %v)", gone)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval
+	}
+	t.Logf("entries deleted -> gone: nodeward %v, spire-agent %v", gone["nodeward"].Round(10*time.Millisecond), gone["spire-agent"].Round(10*time.Millisecond))
 	t.Logf("interop test body done in %v", time.Since(start).Round(10*time.Millisecond))
 }
