@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ import (
 func startInteropNode(t *testing.T, s *spire.Server) (n *fleetNode, agentID string) {
 	t.Helper()
 	dir := testutil.SocketDir(t)
-	bundle := dir + "/spire-bundle.pem"
+	bundle := filepath.Join(dir, "spire-bundle.pem")
 	if err := os.WriteFile(bundle, s.BundlePEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -21,12 +21,16 @@ func TestBuildAgent(t *testing.T) {
 
 // TestAgentSmoke: a real spire-agent attests to a real server with a join
 // token and serves an entry parented to its agent ID to this process
-// (unix:uid) over its Workload API.
+// (unix:uid, and unix:path with DiscoverWorkloadPath) over its Workload API.
 func TestAgentSmoke(t *testing.T) {
 	s := Start(t, Options{TrustDomain: "agent-smoke.test"})
-	a := StartAgent(t, s, AgentOptions{})
+	a := StartAgent(t, s, AgentOptions{DiscoverWorkloadPath: true})
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := s.ID("/workload")
-	s.EntryCreate(Entry{ParentID: a.ID, SPIFFEID: want, Selectors: []string{"unix:uid:" + strconv.Itoa(os.Geteuid())}})
+	s.EntryCreate(Entry{ParentID: a.ID, SPIFFEID: want, Selectors: []string{"unix:uid:" + strconv.Itoa(os.Geteuid()), "unix:path:" + exe}})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
