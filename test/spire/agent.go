@@ -118,7 +118,6 @@ type AgentOptions struct {
 
 // Agent is a running spire-agent, attested to a Server with a join token.
 type Agent struct {
-	t          testing.TB
 	bin        string
 	Dir        string // the agent's temp dir (config, data_dir)
 	SocketPath string // its Workload API socket
@@ -149,7 +148,7 @@ func StartAgent(t testing.TB, srv *Server, o AgentOptions) *Agent {
 		t.Cleanup(func() { _ = os.RemoveAll(d) })
 		dir = d
 	}
-	a := &Agent{t: t, bin: bin, Dir: dir, SocketPath: filepath.Join(dir, "agent.sock"), log: &testutil.LockedBuffer{}}
+	a := &Agent{bin: bin, Dir: dir, SocketPath: filepath.Join(dir, "agent.sock"), log: &testutil.LockedBuffer{}}
 	bundle := filepath.Join(dir, "bootstrap.pem")
 	if err := os.WriteFile(bundle, srv.BundlePEM(), 0o600); err != nil {
 		t.Fatal(err)
