@@ -23,9 +23,11 @@ test: lint idp-deps
 # Builds the real spire-server the agent/spire and test/spire tests run
 # (SPIRE pinned in tools/spire/go.mod, cgo for sqlite) into a versioned
 # cache dir once (~13 min on 2 cores the first time): .ci/run calls it
-# before make test so test timeouts never include the build.
+# before make test so test timeouts never include the build. It builds the
+# real spire-agent of the interop test too (no cgo, into its own versioned
+# cache dir; TestBuildAgent).
 spire-server:
-	$(GO) test -count=1 -timeout 40m -run '^TestBuild$$' ./test/spire/
+	$(GO) test -count=1 -timeout 40m -run '^TestBuild(Agent)?$$' ./test/spire/
 
 # Installs the test IdP's npm packages (pinned by package-lock.json) once.
 idp-deps: test/idp/node_modules/.package-lock.json
