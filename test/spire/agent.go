@@ -12,6 +12,8 @@ package spire
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -114,6 +116,14 @@ type AgentOptions struct {
 	// DiscoverWorkloadPath turns on the unix workload attestor's
 	// discover_workload_path, so that unix:path selectors are emitted.
 	DiscoverWorkloadPath bool
+	// TPMDevID attests with SPIRE's tpm_devid plugin instead of a join
+	// token: the DevID files and the TPM (a device or swtpm Unix socket).
+	TPMDevID *AgentDevID
+}
+
+// AgentDevID are spire-agent's tpm_devid plugin_data paths.
+type AgentDevID struct {
+	Cert, Pub, Priv, Device string
 }
 
 // Agent is a running spire-agent, attested to a Server with a join token.
@@ -121,7 +131,8 @@ type Agent struct {
 	bin        string
 	Dir        string // the agent's temp dir (config, data_dir)
 	SocketPath string // its Workload API socket
-	// ID is the agent's SPIFFE ID, spiffe://<td>/spire/agent/join_token/<token>:
+	// ID is the agent's SPIFFE ID, spiffe://<td>/spire/agent/join_token/<token>
+	// (or …/tpm_devid/<sha1 of the DevID certificate>):
 	// the parent ID of the entries it serves.
 	ID   string
 	cmd  *exec.Cmd
@@ -153,8 +164,31 @@ func StartAgent(t testing.TB, srv *Server, o AgentOptions) *Agent {
 	if err := os.WriteFile(bundle, srv.BundlePEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tok := srv.TokenGenerate("")
-	a.ID = srv.ID("/spire/agent/join_token/" + tok)
+	nodeAttestor, joinToken := `NodeAttestor "join_token" {
+    plugin_data {}
+  }`, ""
+	if d := o.TPMDevID; d != nil {
+		certPEM, err := os.ReadFile(d.Cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := pem.Decode(certPEM)
+		if b == nil {
+			t.Fatalf("%s: not PEM", d.Cert)
+		}
+		a.ID = srv.ID(fmt.Sprintf("/spire/agent/tpm_devid/%x", sha1.Sum(b.Bytes)))
+		nodeAttestor = fmt.Sprintf(`NodeAttestor "tpm_devid" {
+    plugin_data {
+      devid_cert_path = %q
+      devid_pub_path = %q
+      devid_priv_path = %q
+      tpm_device_path = %q
+    }
+  }`, d.Cert, d.Pub, d.Priv, d.Device)
+	} else {
+		joinToken = srv.TokenGenerate("")
+		a.ID = srv.ID("/spire/agent/join_token/" + joinToken)
+	}
 	host, port, err := net.SplitHostPort(srv.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -170,16 +204,13 @@ func StartAgent(t testing.TB, srv *Server, o AgentOptions) *Agent {
   socket_path = %q
   trust_bundle_path = %q
   trust_domain = %q
-  join_token = %q
-  experimental {
+%s  experimental {
     sync_interval = %q
   }
 }
 
 plugins {
-  NodeAttestor "join_token" {
-    plugin_data {}
-  }
+  %s
   KeyManager "disk" {
     plugin_data {
       directory = %q
@@ -191,8 +222,8 @@ plugins {
     }
   }
 }
-`, filepath.Join(dir, "data"), host, port, a.SocketPath, bundle, srv.TrustDomain, tok,
-		o.SyncInterval.String(), filepath.Join(dir, "data"), strconv.FormatBool(o.DiscoverWorkloadPath))
+`, filepath.Join(dir, "data"), host, port, a.SocketPath, bundle, srv.TrustDomain, joinTokenLine(joinToken),
+		o.SyncInterval.String(), nodeAttestor, filepath.Join(dir, "data"), strconv.FormatBool(o.DiscoverWorkloadPath))
 	confPath := filepath.Join(dir, "agent.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -226,6 +257,13 @@ plugins {
 		}
 		time.Sleep(100 * time.Millisecond) // polling interval, not synchronisation
 	}
+}
+
+func joinTokenLine(tok string) string {
+	if tok == "" {
+		return ""
+	}
+	return fmt.Sprintf("  join_token = %q\n", tok)
 }
 
 // healthcheck runs `spire-agent healthcheck` against the agent's socket.

@@ -303,9 +303,61 @@ func startTCPAt(t testing.TB, stateDir string, port int) *TCP {
 	return &TCP{Addr: "tcp://" + addr, StateDir: stateDir, RootsPEM: p.RootsPEM, PID: cmd.Process.Pid, port: port, stop: stop}
 }
 
+// Unix is a swtpm serving one client at a time on a Unix socket (swtpm's
+// unixio server): the TPM spire-agent's tpm_device_path and nodeward's
+// unix:///path address both reach.
+type Unix struct {
+	Path     string // the socket
+	Addr     string // unix:///path, for nodeward
+	RootsPEM string
+}
+
+// StartUnix runs a fresh swtpm (a copy of the provisioned state) on a Unix
+// socket in a short temp dir; it stops when the test ends.
+func StartUnix(t testing.TB) *Unix {
+	t.Helper()
+	p := Provision(t)
+	state := t.TempDir()
+	if err := copyState(p.StateDir, state); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "swtpm-sock-") // socket paths are limited to 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "tpm.sock")
+	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
+		"--server", "type=unixio,path="+sock, "--flags", "not-need-init,startup-clear")
+	var out lockedBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	if !waitListeningOn("unix", sock, exited) {
+		t.Fatalf("swtpm on %s did not come up:\n%s", sock, out.String())
+	}
+	return &Unix{Path: sock, Addr: "unix://" + sock, RootsPEM: p.RootsPEM}
+}
+
 // waitListening polls until addr accepts (without keeping the connection,
 // since swtpm serves one client at a time) or swtpm exits.
 func waitListening(addr string, exited <-chan struct{}) bool {
+	return waitListeningOn("tcp", addr, exited)
+}
+
+func waitListeningOn(network, addr string, exited <-chan struct{}) bool {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -313,7 +365,7 @@ func waitListening(addr string, exited <-chan struct{}) bool {
 			return false
 		default:
 		}
-		if c, err := net.Dial("tcp", addr); err == nil {
+		if c, err := net.Dial(network, addr); err == nil {
 			_ = c.Close()
 			return true
 		}
