@@ -84,10 +84,16 @@ func fetchJWT(ctx context.Context, c *workloadapi.Client) error {
 // runCalls makes b.N calls split over conc goroutines (one client each) and
 // reports latency percentiles, throughput and the agent's CPU per call.
 func runCalls(b *testing.B, a *testutil.Agent, conc int, call rpc) {
+	runCallsAt(b, a.Socket, a.Cmd.Process.Pid, conc, call)
+}
+
+// runCallsAt is runCalls against any agent's socket (nodeward's or
+// spire-agent's) and process.
+func runCallsAt(b *testing.B, socket string, pid, conc int, call rpc) {
 	ctx := context.Background()
 	clients := make([]*workloadapi.Client, conc)
 	for i := range clients {
-		c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+a.Socket))
+		c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -101,7 +107,7 @@ func runCalls(b *testing.B, a *testutil.Agent, conc int, call rpc) {
 		clients[i] = c
 	}
 	lat := make([][]time.Duration, conc)
-	cpu0, _ := procStat(b, a.Cmd.Process.Pid)
+	cpu0, _ := procStat(b, pid)
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -128,7 +134,7 @@ func runCalls(b *testing.B, a *testutil.Agent, conc int, call rpc) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	cpu1, rss := procStat(b, a.Cmd.Process.Pid)
+	cpu1, rss := procStat(b, pid)
 	all := reportLatencies(b, lat, elapsed, "calls/s")
 	if len(all) == 0 {
 		return

@@ -115,6 +115,9 @@ type AgentOptions struct {
 	SyncInterval time.Duration
 	// DiscoverWorkloadPath turns on the unix workload attestor's
 	// discover_workload_path, so that unix:path selectors are emitted.
+	// The binary is not hashed (workload_size_limit = -1: no unix:sha256
+	// selector), as nodeward hashes only when an entry asks for sha256;
+	// otherwise every call would hash the caller's binary.
 	DiscoverWorkloadPath bool
 	// TPMDevID attests with SPIRE's tpm_devid plugin instead of a join
 	// token: the DevID files and the TPM (a device or swtpm Unix socket).
@@ -219,6 +222,7 @@ plugins {
   WorkloadAttestor "unix" {
     plugin_data {
       discover_workload_path = %s
+      workload_size_limit = -1
     }
   }
 }
@@ -299,3 +303,6 @@ func (a *Agent) Stop() {
 		<-a.done
 	}
 }
+
+// PID is the spire-agent process (benchmarks read its CPU time and RSS).
+func (a *Agent) PID() int { return a.cmd.Process.Pid }
