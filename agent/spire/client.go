@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"sync"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -478,6 +479,11 @@ func (c *Client) mapErr(what string, err error) error {
 				return fmt.Errorf("%s: %w (%s)", what, ErrMustReattest, pd.GetReason())
 			}
 		}
+	}
+	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "authentication handshake failed") {
+		// The TLS layer's words say what failed, not what to check.
+		return fmt.Errorf("%s: %s: %s (the server did not prove it is %s with trust_bundle: is trust_bundle this server's bundle, and trust_domain its trust domain?)",
+			what, st.Code(), st.Message(), c.serverID)
 	}
 	return fmt.Errorf("%s: %s: %s", what, st.Code(), st.Message())
 }
