@@ -35,8 +35,11 @@ var entryMask = &types.EntryMask{SpiffeId: true, Selectors: true, FederatesWith:
 	Downstream: true, RevisionNumber: true, StoreSvid: true, Hint: true, CreatedAt: true}
 
 // call runs f on the mTLS connection; when the server says the node must
-// attest again and it can, it attests and runs f once more.
+// attest again and it can, it attests and runs f once more. A call whose
+// connection was replaced under it (a renewal or re-attestation closes
+// the old one) runs again on the new one.
 func (c *Client) call(ctx context.Context, what string, f func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	reattested := false
 	for attempt := 0; ; attempt++ {
 		conn, err := c.connection()
 		if err != nil {
@@ -48,8 +51,14 @@ func (c *Client) call(ctx context.Context, what string, f func(ctx context.Conte
 		if err == nil {
 			return nil
 		}
+		if status.Code(err) == codes.Canceled && ctx.Err() == nil && attempt < 3 && c.replaced(conn) {
+			// The agent SVID was renewed or the node re-attested during
+			// the call: its connection was closed under it. Use the new one.
+			continue
+		}
 		err = c.mapErr(what, err)
-		if attempt == 0 && errors.Is(err, ErrMustReattest) && c.cfg.Attestor.Reattestable() {
+		if !reattested && errors.Is(err, ErrMustReattest) && c.cfg.Attestor.Reattestable() {
+			reattested = true
 			c.log.Warn("the server asks this node to attest again", "err", err)
 			if aerr := c.attest(ctx); aerr != nil {
 				return fmt.Errorf("%w; re-attestation: %w", err, aerr)
@@ -58,6 +67,13 @@ func (c *Client) call(ctx context.Context, what string, f func(ctx context.Conte
 		}
 		return err
 	}
+}
+
+// replaced reports whether conn is no longer the client's connection.
+func (c *Client) replaced(conn *grpc.ClientConn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn != nil && c.conn != conn
 }
 
 // SyncEntries implements fleet.Client: every entry the server authorizes
