@@ -51,9 +51,12 @@ func (c *Client) call(ctx context.Context, what string, f func(ctx context.Conte
 		if err == nil {
 			return nil
 		}
-		if status.Code(err) == codes.Canceled && ctx.Err() == nil && attempt < 3 && c.replaced(conn) {
+		if ctx.Err() == nil && attempt < 3 && c.replaced(conn) {
 			// The agent SVID was renewed or the node re-attested during
-			// the call: its connection was closed under it. Use the new one.
+			// the call: its connection was closed under it ("the client
+			// connection is closing", "transport is closing"), or the
+			// server no longer takes the old SVID (AGENT_NOT_ACTIVE once
+			// the new one was used). Run it again on the new connection.
 			continue
 		}
 		err = c.mapErr(what, err)
