@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,6 +34,10 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	activateAfter := fs.String("activate-after", "", "with --tpm-root: how long the new root is published before it signs (default twice the bundle refresh hint; 0s: at once)")
 	dataDir := fs.String("data-dir", config.DefaultDataDir(), "the agent's data_dir")
 	if err := parseFlags(fs, args); err != nil {
+		if strings.Contains(err.Error(), "flag provided but not defined") {
+			// A JWT key id is base64url and may start with "-".
+			return fmt.Errorf("%w (an ID that starts with - goes after --: nodeward ca taint --jwt -- ID)", err)
+		}
 		return err
 	}
 	kind := ca.KindX509

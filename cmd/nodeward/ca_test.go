@@ -49,11 +49,17 @@ func TestCACommandAgainstRunningCA(t *testing.T) {
 	}
 	out.Reset()
 	errb.Reset()
-	if code := run([]string{"ca", "taint", "--jwt", "--data-dir", dir, c.JWTKeyID()}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "active key") {
+	if code := run([]string{"ca", "taint", "--jwt", "--data-dir", dir, "--", c.JWTKeyID()}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "active key") {
 		t.Fatalf("taint of the active key: exit %d, %q", code, errb.String())
 	}
+	// A kid is base64url: one that starts with "-" reads as a flag unless
+	// it comes after "--", and the error says so.
+	errb.Reset()
+	if code := run([]string{"ca", "taint", "--jwt", "--data-dir", dir, "-8Mnl"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "goes after --") {
+		t.Fatalf("an ID that looks like a flag: exit %d, %q", code, errb.String())
+	}
 	out.Reset()
-	if code := run([]string{"ca", "taint", "--jwt", "--data-dir", dir, old}, &out, &errb); code != 0 || !c.JWTKeyTainted(old) {
+	if code := run([]string{"ca", "taint", "--jwt", "--data-dir", dir, "--", old}, &out, &errb); code != 0 || !c.JWTKeyTainted(old) {
 		t.Fatalf("taint: exit %d, %q %q", code, out.String(), errb.String())
 	}
 	if _, err := os.Stat(filepath.Join(dir, ca.RequestDir)); err != nil {
