@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -64,6 +65,13 @@ func (tp *TPM) ActivateCredential(ctx context.Context, ch *Challenge) ([]byte, e
 }
 
 func (tp *TPM) activate(ctx context.Context, ch *Challenge, forcePolicy bool) ([]byte, error) {
+	return tp.activateWith(ctx, ch, readEK, createAK, forcePolicy)
+}
+
+// activateWith runs TPM2_ActivateCredential for ch with the EK readEK
+// finds and the AK createAK makes (the AK the challenge names).
+func (tp *TPM) activateWith(ctx context.Context, ch *Challenge, readEK func(transport.TPM) (*EK, error),
+	createAK func(transport.TPM) (*loadedKey, error), forcePolicy bool) ([]byte, error) {
 	var out []byte
 	err := tp.do(ctx, func(t transport.TPM) error {
 		ek, err := readEK(t)
@@ -92,7 +100,7 @@ func (tp *TPM) activate(ctx context.Context, ch *Challenge, forcePolicy bool) ([
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrActivation, err)
 		}
-		out = rsp.CertInfo.Buffer
+		out = slices.Clone(rsp.CertInfo.Buffer)
 		return nil
 	})
 	return out, err

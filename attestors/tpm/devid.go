@@ -419,35 +419,7 @@ func (tp *TPM) signDevIDDigest(ctx context.Context, k *DevIDKey, digest []byte) 
 // ActivateCredentialRSAAK answers a credential-activation challenge made
 // for the RSA EK and the RSA AK of CertifyDevID.
 func (tp *TPM) ActivateCredentialRSAAK(ctx context.Context, ch *Challenge) ([]byte, error) {
-	var out []byte
-	err := tp.do(ctx, func(t transport.TPM) error {
-		ek, err := readRSAEK(t)
-		if err != nil {
-			return err
-		}
-		defer ek.release(t)
-		auth, err := ekAuth(ek.area)
-		if err != nil {
-			return err
-		}
-		ak, err := createRSAAK(t)
-		if err != nil {
-			return err
-		}
-		defer flush(t, ak.handle)
-		rsp, err := tpm2.ActivateCredential{
-			ActivateHandle: ak.auth(),
-			KeyHandle:      tpm2.AuthHandle{Handle: ek.handle, Name: ek.name, Auth: auth},
-			CredentialBlob: tpm2.TPM2BIDObject{Buffer: ch.CredentialBlob},
-			Secret:         tpm2.TPM2BEncryptedSecret{Buffer: ch.Secret},
-		}.Execute(t)
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrActivation, err)
-		}
-		out = slices.Clone(rsp.CertInfo.Buffer)
-		return nil
-	})
-	return out, err
+	return tp.activateWith(ctx, ch, readRSAEK, createRSAAK, false)
 }
 
 // VerifyDevIDEvidence checks ev in software as SPIRE's tpm_devid verifier

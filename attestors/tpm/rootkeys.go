@@ -52,29 +52,7 @@ func (tp *TPM) CreateSigningKey(ctx context.Context, handle uint32) (*Signer, er
 		} else if !isTPMError(err) {
 			return fmt.Errorf("read handle %#x: %w", handle, err)
 		}
-		srk, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(t)
-		if err != nil {
-			return fmt.Errorf("create storage root key: %w", err)
-		}
-		defer flush(t, srk.ObjectHandle)
-		parent := tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)}
-		created, err := tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(eccSigningTemplate(false))}.Execute(t)
-		if err != nil {
-			return fmt.Errorf("create signing key: %w", err)
-		}
-		loaded, err := tpm2.Load{ParentHandle: parent, InPrivate: created.OutPrivate, InPublic: created.OutPublic}.Execute(t)
-		if err != nil {
-			return fmt.Errorf("load signing key: %w", err)
-		}
-		defer flush(t, loaded.ObjectHandle)
-		if _, err := (tpm2.EvictControl{
-			Auth:             tpm2.TPMRHOwner,
-			ObjectHandle:     &tpm2.NamedHandle{Handle: loaded.ObjectHandle, Name: loaded.Name},
-			PersistentHandle: h,
-		}).Execute(t); err != nil {
-			return fmt.Errorf("persist signing key at %#x: %w", handle, err)
-		}
-		return s.adopt(created.OutPublic, loaded.Name, handle)
+		return s.createPersistent(t, h)
 	})
 	if err != nil {
 		return nil, err
