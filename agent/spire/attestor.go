@@ -69,27 +69,9 @@ func X509PoP(chain []*x509.Certificate, key crypto.Signer) (NodeAttestor, error)
 
 // LoadX509PoP reads the node certificate chain and key (PEM files).
 func LoadX509PoP(certFile, keyFile string) (NodeAttestor, error) {
-	certPEM, err := os.ReadFile(certFile)
+	chain, err := loadChain(certFile)
 	if err != nil {
 		return nil, fmt.Errorf("x509pop cert: %w", err)
-	}
-	var chain []*x509.Certificate
-	for rest := certPEM; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("x509pop cert %s: %w", certFile, err)
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
-		return nil, fmt.Errorf("x509pop cert %s: no certificate", certFile)
 	}
 	st, err := os.Stat(keyFile)
 	if err != nil {
@@ -107,6 +89,33 @@ func LoadX509PoP(certFile, keyFile string) (NodeAttestor, error) {
 		return nil, fmt.Errorf("x509pop key %s: %w", keyFile, err)
 	}
 	return X509PoP(chain, key)
+}
+
+// loadChain reads a PEM certificate chain, leaf first.
+func loadChain(file string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var chain []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificate", file)
+	}
+	return chain, nil
 }
 
 func parseKey(data []byte) (crypto.Signer, error) {

@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"reflect"
 
 	"github.com/nodeward/nodeward/attestors/tpm"
@@ -35,27 +33,9 @@ func TPMDevID(t *tpm.TPM, chain []*x509.Certificate, key *tpm.DevIDKey) (NodeAtt
 // LoadTPMDevID reads the DevID certificate chain (PEM) and the key's
 // public and private blobs (see tpm.ParseDevIDKey).
 func LoadTPMDevID(t *tpm.TPM, certFile, pubFile, privFile string) (NodeAttestor, error) {
-	data, err := os.ReadFile(certFile)
+	chain, err := loadChain(certFile)
 	if err != nil {
 		return nil, fmt.Errorf("tpm_devid cert: %w", err)
-	}
-	var chain []*x509.Certificate
-	for rest := data; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("tpm_devid cert %s: %w", certFile, err)
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
-		return nil, fmt.Errorf("tpm_devid cert %s: no PEM certificate", certFile)
 	}
 	key, err := tpm.LoadDevIDKeyFiles(pubFile, privFile)
 	if err != nil {
