@@ -60,52 +60,12 @@ func AgentCacheDir() (string, error) {
 // BuildAgent returns the cached spire-agent, building it under a file lock
 // if it is not there yet (or EnvAgentBinary's binary, if set).
 func BuildAgent() (string, error) {
-	if p := os.Getenv(EnvAgentBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", EnvAgentBinary, p, err)
-		}
-		return p, nil
-	}
 	dir, err := AgentCacheDir()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "spire-agent")
-	if _, err := os.Stat(bin); err == nil {
-		return bin, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("cache dir: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return "", fmt.Errorf("build lock: %w", err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", fmt.Errorf("build lock: %w", err)
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck // closing releases it too
-	if _, err := os.Stat(bin); err == nil {
-		return bin, nil // another process built it while we waited
-	}
-	src, err := toolsDir()
-	if err != nil {
-		return "", err
-	}
-	tmp := filepath.Join(dir, ".spire-agent.tmp")
-	cmd := exec.Command("go", "build", "-o", tmp, "github.com/spiffe/spire/cmd/spire-agent")
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	start := time.Now()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build spire-agent %s in %s: %w\n%s", Version, src, err, out)
-	}
-	if err := os.Rename(tmp, bin); err != nil {
-		return "", fmt.Errorf("install spire-agent: %w", err)
-	}
-	fmt.Fprintf(os.Stderr, "built spire-agent %s into %s in %s\n", Version, bin, time.Since(start).Round(time.Second))
-	return bin, nil
+	// spire-agent needs no cgo (only net and os/user would use it).
+	return buildCached("spire-agent", EnvAgentBinary, dir, "CGO_ENABLED=0")
 }
 
 // AgentOptions configure a spire-agent. Zero values give the defaults noted.

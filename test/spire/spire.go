@@ -87,17 +87,26 @@ func toolsDir() (string, error) {
 // Build returns the cached spire-server, building it under a file lock if it
 // is not there yet (or EnvBinary's binary, if set).
 func Build() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", EnvBinary, p, err)
-		}
-		return p, nil
-	}
 	dir, err := CacheDir()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "spire-server")
+	return buildCached("spire-server", EnvBinary, dir, "CGO_ENABLED=1") // sqlite datastore needs cgo
+}
+
+// buildCached returns the SPIRE program name (cmd/<name> of the release
+// tools/spire pins) from the cache directory dir, building it there with
+// the cgo setting under a file lock if it is not there yet, since
+// parallel test binaries may race to build it. env names a prebuilt
+// binary to use instead.
+func buildCached(name, env, dir, cgo string) (string, error) {
+	if p := os.Getenv(env); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", env, p, err)
+		}
+		return p, nil
+	}
+	bin := filepath.Join(dir, name)
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
@@ -120,18 +129,18 @@ func Build() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	tmp := filepath.Join(dir, ".spire-server.tmp")
-	cmd := exec.Command("go", "build", "-o", tmp, "github.com/spiffe/spire/cmd/spire-server")
+	tmp := filepath.Join(dir, "."+name+".tmp")
+	cmd := exec.Command("go", "build", "-o", tmp, "github.com/spiffe/spire/cmd/"+name)
 	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1") // sqlite datastore needs cgo
+	cmd.Env = append(os.Environ(), cgo)
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build spire-server %s in %s: %w\n%s", Version, src, err, out)
+		return "", fmt.Errorf("build %s %s in %s: %w\n%s", name, Version, src, err, out)
 	}
 	if err := os.Rename(tmp, bin); err != nil {
-		return "", fmt.Errorf("install spire-server: %w", err)
+		return "", fmt.Errorf("install %s: %w", name, err)
 	}
-	fmt.Fprintf(os.Stderr, "built spire-server %s into %s in %s\n", Version, bin, time.Since(start).Round(time.Second))
+	fmt.Fprintf(os.Stderr, "built %s %s into %s in %s\n", name, Version, bin, time.Since(start).Round(time.Second))
 	return bin, nil
 }
 
